@@ -1,0 +1,61 @@
+"""The one protocol every candidate implements (see harness/candidates/__init__.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Protocol, runtime_checkable
+
+import torch
+
+from harness.batch import Batch, BlockSpec
+
+
+@dataclass
+class CandidateResult:
+    output: torch.Tensor
+    taps: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Candidate(Protocol):
+    name: str
+
+    def run(self, spec: BlockSpec, batch: Batch, *, taps: bool) -> CandidateResult: ...
+
+
+class FunctionCandidate:
+    """Adapts a plain `fn(spec, batch) -> Tensor` to the protocol."""
+
+    def __init__(self, fn: Callable, name: str):
+        self.fn = fn
+        self.name = name
+
+    def run(self, spec: BlockSpec, batch: Batch, *, taps: bool) -> CandidateResult:
+        return normalise_result(self.fn(spec, batch), self.name)
+
+
+def normalise_result(value, name: str) -> CandidateResult:
+    if isinstance(value, CandidateResult):
+        return value
+    if isinstance(value, torch.Tensor):
+        return CandidateResult(output=value)
+    raise TypeError(
+        f"candidate {name!r} returned {type(value).__name__}; expected a CandidateResult or the output "
+        "tensor [B, S, hidden]"
+    )
+
+
+def as_candidate(obj, name: str | None = None) -> Candidate:
+    """Accept an instance with run(), a class to instantiate without arguments, or a plain function."""
+    if isinstance(obj, type):
+        obj = obj()
+    if hasattr(obj, "run") and callable(obj.run):
+        if not getattr(obj, "name", None):
+            obj.name = name or type(obj).__name__
+        return obj
+    if callable(obj):
+        return FunctionCandidate(obj, name or getattr(obj, "__name__", "candidate"))
+    raise TypeError(
+        f"{name or obj!r} is not a candidate: expected an object with run(spec, batch, *, taps), a class "
+        "of such objects, or a function fn(spec, batch) returning the output tensor"
+    )

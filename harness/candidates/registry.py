@@ -1,0 +1,35 @@
+"""Find candidates by built-in name or by import path."""
+
+from __future__ import annotations
+
+import importlib
+
+from harness.candidates.protocol import Candidate, as_candidate
+
+BUILTIN = {
+    "reference": "harness.candidates.reference:ReferenceCandidate",
+    "hf": "harness.candidates.hf:HFCandidate",
+}
+
+
+def load_candidate(spec: str) -> Candidate:
+    """`spec` is a built-in name (see BUILTIN) or `package.module:attribute`."""
+    path = BUILTIN.get(spec, spec)
+    if ":" not in path:
+        raise ValueError(
+            f"unknown candidate {spec!r}: use a built-in name ({', '.join(BUILTIN)}) or an import path "
+            "'package.module:attribute'"
+        )
+    module_name, _, attr = path.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(
+            f"candidate {spec!r}: cannot import module {module_name!r} ({exc}); is it installed or on PYTHONPATH?"
+        ) from exc
+    obj = module
+    for part in attr.split("."):
+        if not hasattr(obj, part):
+            raise ValueError(f"candidate {spec!r}: module {module_name!r} has no attribute {attr!r}")
+        obj = getattr(obj, part)
+    return as_candidate(obj, name=spec)

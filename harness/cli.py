@@ -1,0 +1,103 @@
+"""The `parity` command line. `parity run` checks candidates against the float64 oracle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from harness.candidates import BUILTIN, load_candidate
+from harness.case import Case
+from harness.compare import Bounds, Verdict
+from harness.runner import run_case
+from harness.sweep import default_cases
+
+
+def load_case_file(path: str) -> list[Case]:
+    """A JSON file holding one case object or a list of them (fields: see harness/case.py)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise SystemExit(f"parity: case file {p} does not exist")
+    except json.JSONDecodeError as exc:
+        raise SystemExit(f"parity: case file {p} is not valid JSON: {exc}")
+    items = data if isinstance(data, list) else [data]
+    try:
+        return [Case.from_dict(item, source=f"{p} (case {i})") for i, item in enumerate(items)]
+    except ValueError as exc:
+        raise SystemExit(f"parity: {exc}")
+
+
+def _row(cols, widths):
+    return "  ".join(str(c).ljust(w) for c, w in zip(cols, widths))
+
+
+def cmd_run(args) -> int:
+    try:
+        candidates = [load_candidate(c) for c in (args.candidate or ["reference", "hf"])]
+    except (ValueError, TypeError) as exc:
+        print(f"parity: {exc}", file=sys.stderr)
+        return 2
+    bounds = Bounds().overridden(args.max_ratio, args.rms_ratio)
+    cases = [c for f in args.case_file for c in load_case_file(f)] if args.case_file else default_cases(args.quick)
+    widths = (44, 12, 10, 12, 20)
+    print(_row(("case", "candidate", "verdict", "worst ratio", "first failing stage"), widths))
+    verdicts: list[Verdict] = []
+    started = time.monotonic()
+    for case in cases:
+        for v in run_case(case, candidates, bounds):
+            verdicts.append(v)
+            ratio = f"{v.worst_ratio:.3g}" if v.worst_ratio is not None else "-"
+            stage = v.first_divergent_stage if not v.passed else "-"
+            print(_row((v.case_id, v.candidate, v.verdict.upper(), ratio, stage), widths), flush=True)
+    failed = [v for v in verdicts if not v.passed]
+    for v in failed:
+        print(f"\n{v.verdict.upper()}: {v.message}")
+    print(f"\n{len(verdicts) - len(failed)} checks passed, {len(failed)} failed "
+          f"({len(cases)} cases x {len(candidates)} candidates, {time.monotonic() - started:.1f} s)")
+    if args.json:
+        out = {"cases": [dict(v.to_dict(), case=c.to_dict()) for c, v in _pair(cases, verdicts, len(candidates))],
+               "summary": {"checks": len(verdicts), "failed": len(failed)}}
+        Path(args.json).write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.json}")
+    return 1 if failed else 0
+
+
+def _pair(cases, verdicts, per_case):
+    for i, v in enumerate(verdicts):
+        yield cases[i // per_case], v
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parity", description="Numerical parity harness for gpt-oss attention.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="check candidates against the float64 oracle and the bf16 reference",
+                         description="Run cases against candidates and print a verdict table. Exit 1 if any check fails.")
+    run.add_argument("--candidate", action="append", metavar="NAME|MODULE:ATTR",
+                     help=f"candidate to check; repeatable. Built-ins: {', '.join(BUILTIN)} (default: all built-ins); "
+                          "or an import path such as mypkg.attn:MyBlock")
+    run.add_argument("--case-file", action="append", metavar="PATH",
+                     help="JSON file with one case or a list of cases (default: the built-in sweep)")
+    run.add_argument("--quick", action="store_true", help="a shorter built-in sweep without full-dims cases")
+    run.add_argument("--json", metavar="PATH", help="also write the verdicts as JSON")
+    run.add_argument("--max-ratio", type=float, metavar="X", help="override every stage's max-abs ratio bound")
+    run.add_argument("--rms-ratio", type=float, metavar="X", help="override every stage's RMS ratio bound")
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    for name in ("max_ratio", "rms_ratio"):
+        value = getattr(args, name, None)
+        if value is not None and not value > 0:
+            print(f"parity: --{name.replace('_', '-')} must be positive, got {value}", file=sys.stderr)
+            return 2
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

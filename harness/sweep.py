@@ -1,0 +1,24 @@
+"""The built-in sweep `parity run` uses when no case is given: both layer parities, lengths across
+the window boundary, decode and chunked-prefill positions, a padded batch, dominant sinks, full dims."""
+
+from __future__ import annotations
+
+from harness.case import Case
+
+
+def default_cases(quick: bool = False) -> list[Case]:
+    cases = []
+    for layer in (0, 1):  # even = sliding window, odd = full attention
+        for n in ((1, 128, 129) if quick else (1, 127, 128, 129, 257)):
+            cases.append(Case(layer=layer, lengths=(n,), weight_seed=layer, input_seed=n))
+    cases += [
+        # prefill 128 then decode positions 128, 129, 130: the first tokens to lose the oldest key
+        Case(layer=0, lengths=(131,), plan="decode", decode_steps=3, weight_seed=2, input_seed=2),
+        Case(layer=0, lengths=(200,), plan="chunked", chunk_offset=100, weight_seed=3, input_seed=3),
+        Case(layer=0, lengths=(130, 5, 64), padding="left", weight_seed=4, input_seed=4),
+        Case(layer=1, lengths=(130, 5, 64), padding="right", weight_seed=5, input_seed=5),
+        Case(layer=0, lengths=(129,), sinks="dominant", scale="sharp", weight_seed=6, input_seed=6),
+    ]
+    if not quick:
+        cases += [Case(preset="full", layer=layer, lengths=(300,), weight_seed=7, input_seed=7) for layer in (0, 1)]
+    return cases
