@@ -78,6 +78,10 @@ class StageResult:
     max_ratio: float
     rms_ratio: float
     passed: bool
+    # probs only: masked keys that received a non-zero probability (tolerance-free: every correct
+    # implementation gives exactly 0 there, whatever its precision), and the largest such probability.
+    leaks: int = 0
+    leak_max: float = 0.0
 
     @property
     def worst_ratio(self) -> float:
@@ -183,6 +187,12 @@ def compare(
                          "NaN or Inf (a read of masked or uninitialised memory, or an overflow)")
             return v
         result = judge_stage(stage, produced[stage], reference[stage], oracle[stage], mask, bounds)
+        if stage == "probs":
+            masked = mask & _masked_keys(oracle)
+            leaked = produced[stage][masked] != 0
+            if leaked.any():
+                result.leaks, result.leak_max = int(leaked.sum()), float(produced[stage][masked].abs().max())
+                result.passed = False
         v.stages.append(result)
         if not result.passed:
             failing.append(result)
@@ -194,10 +204,23 @@ def compare(
     return v
 
 
+def _masked_keys(oracle: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[B, Hq, S, S+1] True where the key is masked for that query (sink column False)."""
+    probs = oracle["probs"]
+    if "scores" in oracle:
+        masked = ~torch.isfinite(oracle["scores"])
+    else:
+        masked = probs[..., :-1] == 0
+    return torch.cat([masked, torch.zeros_like(masked[..., :1])], dim=-1)
+
+
 def describe(s: StageResult, bounds: Bounds) -> str:
     """One line per failing stage, ending with the bound that would have passed."""
     bound = bounds.for_stage(s.stage)
     parts = []
+    if s.leaks:
+        parts.append(f"{s.leaks} masked (query, key) pairs got non-zero probability, up to {s.leak_max:.3g}: "
+                     "the mask is missing or wrong (no tolerance makes this pass)")
     if s.max_ratio > bound.max_ratio:
         parts.append(f"max-abs error {s.cand_max:.3g} is {s.max_ratio:.3g}x the reference's {s.ref_max:.3g} "
                      f"(bound {bound.max_ratio:g}x; a bound of {_just_above(s.max_ratio)}x would have passed)")
