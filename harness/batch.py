@@ -9,7 +9,7 @@ import torch
 from harness.case import Case
 from harness.presets import preset
 from harness.seeds import generator
-from harness.weights import make_weights
+from harness.weights import config_from_checkpoint, load_layer_weights, make_weights
 from reference.gpt_oss import ModelConfig
 
 
@@ -80,9 +80,16 @@ def plan_steps(case: Case) -> tuple[tuple[tuple[int, int], ...], ...]:
     return (tuple((0, min(off, n)) for n in case.lengths), tuple((min(off, n), n) for n in case.lengths))
 
 
-def build(case: Case) -> tuple[BlockSpec, Batch]:
-    config = preset(case.preset)
-    spec = BlockSpec(config, case.layer, make_weights(config, case.weight_seed, case.sinks, case.scale))
+def build(case: Case, checkpoint: str | None = None) -> tuple[BlockSpec, Batch]:
+    """Spec and batch of a case. With `checkpoint` (a safetensors directory), the weights are layer
+    `case.layer` of that checkpoint and the dims come from its config.json when it has one."""
+    if checkpoint is None:
+        config = preset(case.preset)
+        weights = make_weights(config, case.weight_seed, case.sinks, case.scale)
+    else:
+        config = config_from_checkpoint(checkpoint, preset(case.preset))
+        weights, _ = load_layer_weights(checkpoint, case.layer, config)
+    spec = BlockSpec(config, case.layer, weights)
     seqs = make_inputs(case, config)
     b, s = case.batch_size, max(case.lengths)
     hidden = torch.zeros(b, s, config.hidden_size, dtype=spec.dtype)

@@ -48,7 +48,12 @@ def cmd_run(args) -> int:
     verdicts: list[Verdict] = []
     started = time.monotonic()
     for case in cases:
-        for v in run_case(case, candidates, bounds):
+        try:
+            case_verdicts = run_case(case, candidates, bounds, args.checkpoint)
+        except (OSError, KeyError, ValueError) as exc:  # unreadable checkpoint, missing layer, bad dims
+            print(f"parity: case {case.id}: {exc}", file=sys.stderr)
+            return 2
+        for v in case_verdicts:
             verdicts.append(v)
             ratio = f"{v.worst_ratio:.3g}" if v.worst_ratio is not None else "-"
             stage = v.first_divergent_stage if not v.passed else "-"
@@ -81,6 +86,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "or an import path such as mypkg.attn:MyBlock")
     run.add_argument("--case-file", action="append", metavar="PATH",
                      help="JSON file with one case or a list of cases (default: the built-in sweep)")
+    run.add_argument("--checkpoint", metavar="DIR",
+                     help="take each case's weights from layer case.layer of this safetensors checkpoint "
+                          "(original or HF format) instead of seeded weights")
     run.add_argument("--quick", action="store_true", help="a shorter built-in sweep without full-dims cases")
     run.add_argument("--json", metavar="PATH", help="also write the verdicts as JSON")
     run.add_argument("--max-ratio", type=float, metavar="X", help="override every stage's max-abs ratio bound")

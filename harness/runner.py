@@ -22,8 +22,8 @@ class Expected:
     reference: dict[str, torch.Tensor]
 
 
-def expected_for(case: Case) -> Expected:
-    spec, batch = build(case)
+def expected_for(case: Case, checkpoint: str | None = None) -> Expected:
+    spec, batch = build(case, checkpoint)
     return Expected(spec, batch, run_oracle(spec, batch, taps=True), run_reference(spec, batch, taps=True))
 
 
@@ -38,6 +38,8 @@ def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds =
                    result.output, result.taps, bounds, expected.spec.dtype)
 
 
-def run_case(case: Case, candidates: list[Candidate], bounds: Bounds = Bounds()) -> list[Verdict]:
-    expected = expected_for(case)
+def run_case(
+    case: Case, candidates: list[Candidate], bounds: Bounds = Bounds(), checkpoint: str | None = None
+) -> list[Verdict]:
+    expected = expected_for(case, checkpoint)
     return [judge(case, c, expected, bounds) for c in candidates]

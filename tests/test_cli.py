@@ -55,3 +55,19 @@ def test_bad_candidate_and_bound(capsys):
     assert "unknown candidate 'nope'" in capsys.readouterr().err
     assert main(["run", "--max-ratio", "0"]) == 2
     assert "--max-ratio must be positive" in capsys.readouterr().err
+
+
+def test_checkpoint_weights(tmp_path, capsys):
+    from safetensors.torch import save_file
+
+    from harness.presets import preset
+    from harness.weights import NAMES, make_weights
+
+    w = make_weights(preset("small"), 9, sinks="dominant")
+    save_file({f"block.1.attn.{n}": w[n] for n in NAMES}, str(tmp_path / "model.safetensors"))
+    case = tmp_path / "case.json"
+    case.write_text(json.dumps({"layer": 1, "lengths": [20]}))
+    assert main(["run", "--checkpoint", str(tmp_path), "--case-file", str(case), "--candidate", "reference"]) == 0
+    case.write_text(json.dumps({"layer": 2, "lengths": [20]}))
+    assert main(["run", "--checkpoint", str(tmp_path), "--case-file", str(case)]) == 2
+    assert "layer 2 is incomplete" in capsys.readouterr().err
