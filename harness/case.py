@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 from dataclasses import asdict, dataclass, fields
 
 from harness.presets import PRESETS
@@ -106,3 +107,25 @@ def validate_case_fields(case: Case) -> list[str]:
     if case.compare_last < 0:
         p.append(f"compare_last={case.compare_last} must be >= 0")
     return p
+
+
+def load_case_file(path: str | Path) -> list[Case]:
+    """A JSON file holding one case object or a list of them. Errors name the file, the case index
+    and the field."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"case file {p} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"case file {p} is not valid JSON: {exc}") from None
+    items = data if isinstance(data, list) else [data]
+    return [Case.from_dict(item, source=f"{p} (case {i})") for i, item in enumerate(items)]
+
+
+CASES_DIR = Path(__file__).resolve().parent.parent / "cases"
+
+
+def curated_cases(directory: Path = CASES_DIR) -> list[Case]:
+    """Every case in the checkout's cases/*.json, in file order."""
+    return [c for f in sorted(directory.glob("*.json")) for c in load_case_file(f)]

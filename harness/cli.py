@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 from harness.candidates import BUILTIN, load_candidate
+from harness import case as case_module
 from harness.case import Case
 from harness.compare import Bounds, Verdict
 from harness.runner import run_case
@@ -16,17 +17,8 @@ from harness.sweep import default_cases
 
 
 def load_case_file(path: str) -> list[Case]:
-    """A JSON file holding one case object or a list of them (fields: see harness/case.py)."""
-    p = Path(path)
     try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise SystemExit(f"parity: case file {p} does not exist")
-    except json.JSONDecodeError as exc:
-        raise SystemExit(f"parity: case file {p} is not valid JSON: {exc}")
-    items = data if isinstance(data, list) else [data]
-    try:
-        return [Case.from_dict(item, source=f"{p} (case {i})") for i, item in enumerate(items)]
+        return case_module.load_case_file(path)
     except ValueError as exc:
         raise SystemExit(f"parity: {exc}")
 

@@ -55,3 +55,14 @@ def test_compare_last_and_chunked_steps():
     assert batch.compare[0].nonzero().squeeze(1).tolist() == [8, 9]
     assert batch.compare[1].nonzero().squeeze(1).tolist() == [2, 3]
     assert batch.steps == (((0, 6), (0, 4)), ((6, 10), (4, 4)))
+
+
+def test_case_files(tmp_path):
+    from harness.case import curated_cases, load_case_file
+
+    assert len(curated_cases()) >= 10
+    (tmp_path / "a.json").write_text('{"lengths": [4], "plan": "decode", "decode_steps": 9}')
+    with pytest.raises(ValueError, match=r"a.json \(case 0\): invalid case: decode_steps=9"):
+        load_case_file(tmp_path / "a.json")
+    with pytest.raises(ValueError, match="does not exist"):
+        load_case_file(tmp_path / "missing.json")

@@ -10,7 +10,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from harness.candidates import load_candidate
-from harness.case import Case
+from harness.case import Case, curated_cases
 from harness.runner import run_case
 from harness.sweep import default_cases
 
@@ -59,6 +59,12 @@ def test_generated_cases(candidate_name, case):
 @pytest.mark.parity
 @pytest.mark.parametrize("case", default_cases(quick=True), ids=lambda c: c.id)
 def test_curated_sweep(candidate_name, case):
+    _assert_parity(case, candidate_name)
+
+
+@pytest.mark.parity
+@pytest.mark.parametrize("case", curated_cases(), ids=lambda c: c.id)
+def test_curated_case_files(candidate_name, case):
     _assert_parity(case, candidate_name)
 
 
