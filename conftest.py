@@ -2,6 +2,8 @@
 
 import os
 
+from harness.candidates import BUILTIN
+
 from hypothesis import HealthCheck, settings
 
 # dev: quick local runs. ci: derandomised, no example database, no deadline (timings are noisy on 2 cores).
@@ -19,12 +21,12 @@ def pytest_addoption(parser):
         action="append",
         default=None,
         metavar="NAME|MODULE:ATTR",
-        help="candidate(s) for the parity tests: built-in name (reference, hf) or import path; repeatable. "
+        help="candidate(s) for the parity tests: built-in name (reference, hf, emulation) or import path; repeatable. "
         "Default: every built-in.",
     )
 
 
 def pytest_generate_tests(metafunc):
     if "candidate_name" in metafunc.fixturenames:
-        names = metafunc.config.getoption("--candidate") or ["reference", "hf"]
+        names = metafunc.config.getoption("--candidate") or list(BUILTIN)
         metafunc.parametrize("candidate_name", names)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -47,6 +47,10 @@ class Batch:
         """Slot indices of row `row`'s tokens, in position order."""
         return self.valid[row].nonzero().squeeze(1)
 
+    def with_hidden(self, hidden: torch.Tensor) -> "Batch":
+        """The same batch with other hidden states (the next layer's input in a stack)."""
+        return replace(self, hidden=hidden)
+
     def sequence(self, row: int) -> torch.Tensor:
         """The unpadded (n_tokens, hidden) sequence of one row."""
         return self.hidden[row, self.slots(row)]
@@ -80,18 +84,35 @@ def plan_steps(case: Case) -> tuple[tuple[tuple[int, int], ...], ...]:
     return (tuple((0, min(off, n)) for n in case.lengths), tuple((min(off, n), n) for n in case.lengths))
 
 
+def layer_specs(case: Case, checkpoint: str | None = None) -> list[BlockSpec]:
+    """One spec per layer of the case (one unless depth > 1). With `checkpoint` (a safetensors
+    directory), weights are those layers of the checkpoint and the dims come from its config.json
+    when it has one; otherwise each layer has its own seeded weights."""
+    dtype = getattr(torch, case.dtype)
+    config = preset(case.preset)
+    if checkpoint is not None:
+        config = config_from_checkpoint(checkpoint, config)
+    specs = []
+    for i in range(case.depth):
+        layer = case.layer + i
+        if checkpoint is None:
+            weights = make_weights(config, case.weight_seed + 7919 * i, case.sinks, case.scale)
+        else:
+            weights, _ = load_layer_weights(checkpoint, layer, config)
+        specs.append(BlockSpec(config, layer, weights, dtype))
+    return specs
+
+
 def build(case: Case, checkpoint: str | None = None) -> tuple[BlockSpec, Batch]:
-    """Spec and batch of a case. With `checkpoint` (a safetensors directory), the weights are layer
-    `case.layer` of that checkpoint and the dims come from its config.json when it has one."""
-    if checkpoint is None:
-        config = preset(case.preset)
-        weights = make_weights(config, case.weight_seed, case.sinks, case.scale)
-    else:
-        config = config_from_checkpoint(checkpoint, preset(case.preset))
-        weights, _ = load_layer_weights(checkpoint, case.layer, config)
-    spec = BlockSpec(config, case.layer, weights)
+    """The first layer's spec and the batch of a case (see layer_specs for the weights)."""
+    spec = layer_specs(case, checkpoint)[0]
+    return spec, make_batch(case, spec)
+
+
+def make_batch(case: Case, spec: BlockSpec) -> Batch:
+    config = spec.config
     seqs = make_inputs(case, config)
-    b, s = case.batch_size, max(case.lengths)
+    b, s = case.batch_size, case.pad_to or max(case.lengths)
     hidden = torch.zeros(b, s, config.hidden_size, dtype=spec.dtype)
     positions = torch.zeros(b, s, dtype=torch.long)
     valid = torch.zeros(b, s, dtype=torch.bool)
@@ -99,10 +120,10 @@ def build(case: Case, checkpoint: str | None = None) -> tuple[BlockSpec, Batch]:
     for row, x in enumerate(seqs):
         n = len(x)
         lo = s - n if case.padding == "left" else 0
-        hidden[row, lo : lo + n] = x.to(spec.dtype)
+        # rounded through bf16 first so that bf16 and float32 cases see the same input values
+        hidden[row, lo : lo + n] = x.to(torch.bfloat16).to(spec.dtype)
         positions[row, lo : lo + n] = torch.arange(n)
         valid[row, lo : lo + n] = True
         first = n - case.compare_last if case.compare_last else 0
         compare[row, lo + max(first, 0) : lo + n] = True
-    batch = Batch(hidden, positions, valid, compare, case.lengths, case.padding, plan_steps(case))
-    return spec, batch
+    return Batch(hidden, positions, valid, compare, case.lengths, case.padding, plan_steps(case))

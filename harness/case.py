@@ -17,6 +17,8 @@ from harness.weights import SCALE_REGIMES, SINK_REGIMES
 PLANS = ("prefill", "decode", "chunked")
 PADDING = ("right", "left")
 INPUTS = ("normal", "large", "outliers")
+DTYPES = ("bfloat16", "float32")
+STACK_MODES = ("teacher", "free")
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,10 @@ class Case:
     steps (the last decode_steps positions of every row). "chunked": positions [0, chunk_offset) in one
     step, the rest in a second step starting at chunk_offset.
     compare_last: 0 judges every valid row; k > 0 judges only each row's last k positions (long cases).
+    pad_to: the padded length S of the batch (0: the longest row), e.g. a compiled bucket size.
+    depth > 1: a stack of `depth` blocks at layers layer .. layer+depth-1, each with its own weights,
+    compared layer by layer; stack_mode "teacher" feeds every layer the oracle's input (isolating
+    per-layer error), "free" lets each producer's errors accumulate as in the real model.
     """
 
     preset: str = "small"
@@ -42,6 +48,10 @@ class Case:
     weight_seed: int = 0
     input_seed: int = 0
     compare_last: int = 0
+    dtype: str = "bfloat16"
+    pad_to: int = 0
+    depth: int = 1
+    stack_mode: str = "teacher"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
@@ -55,7 +65,10 @@ class Case:
         plan = {"prefill": "prefill", "decode": f"decode{self.decode_steps}", "chunked": f"chunk@{self.chunk_offset}"}[self.plan]
         lens = "x".join(str(n) for n in self.lengths)
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
-        return f"{self.preset}-L{self.layer}-{plan}-n{lens}-{self.sinks}-{digest}"
+        extra = "" if self.dtype == "bfloat16" else "-f32"
+        if self.depth > 1:
+            extra += f"-stack{self.depth}{self.stack_mode[0]}"
+        return f"{self.preset}-L{self.layer}-{plan}-n{lens}-{self.sinks}{extra}-{digest}"
 
     @property
     def batch_size(self) -> int:
@@ -106,6 +119,16 @@ def validate_case_fields(case: Case) -> list[str]:
         p.append(f"inputs={case.inputs!r} must be one of {INPUTS}")
     if case.compare_last < 0:
         p.append(f"compare_last={case.compare_last} must be >= 0")
+    if case.dtype not in DTYPES:
+        p.append(f"dtype={case.dtype!r} must be one of {DTYPES}")
+    if case.pad_to and case.lengths and case.pad_to < max(case.lengths):
+        p.append(f"pad_to={case.pad_to} must be 0 or at least the longest row ({max(case.lengths)})")
+    if not isinstance(case.depth, int) or case.depth < 1:
+        p.append(f"depth={case.depth!r} must be a positive integer")
+    if case.stack_mode not in STACK_MODES:
+        p.append(f"stack_mode={case.stack_mode!r} must be one of {STACK_MODES}")
+    if case.depth > 1 and case.compare_last:
+        p.append("compare_last must be 0 for stacks (depth > 1): every row feeds the next layer")
     return p
 
 

@@ -12,6 +12,7 @@ from harness.candidates import BUILTIN, load_candidate
 from harness import case as case_module
 from harness.case import Case
 from harness.compare import Bounds, Verdict
+from harness.repro import load_failure, replay_command, save_failure
 from harness.runner import run_case
 from harness.sweep import default_cases
 
@@ -29,7 +30,7 @@ def _row(cols, widths):
 
 def cmd_run(args) -> int:
     try:
-        candidates = [load_candidate(c) for c in (args.candidate or ["reference", "hf"])]
+        candidates = [load_candidate(c) for c in (args.candidate or list(BUILTIN))]
     except (ValueError, TypeError) as exc:
         print(f"parity: {exc}", file=sys.stderr)
         return 2
@@ -51,8 +52,11 @@ def cmd_run(args) -> int:
             stage = v.first_divergent_stage if not v.passed else "-"
             print(_row((v.case_id, v.candidate, v.verdict.upper(), ratio, stage), widths), flush=True)
     failed = [v for v in verdicts if not v.passed]
-    for v in failed:
-        print(f"\n{v.verdict.upper()}: {v.message}")
+    specs = dict(zip((c.name for c in candidates), args.candidate or list(BUILTIN)))
+    for case, v in _pair(cases, verdicts, len(candidates)):
+        if not v.passed:
+            path = save_failure(case, specs[v.candidate], v)
+            print(f"\n{v.verdict.upper()}: {v.message}\n  replay: {replay_command(path)}")
     print(f"\n{len(verdicts) - len(failed)} checks passed, {len(failed)} failed "
           f"({len(cases)} cases x {len(candidates)} candidates, {time.monotonic() - started:.1f} s)")
     if args.json:
@@ -61,6 +65,36 @@ def cmd_run(args) -> int:
         Path(args.json).write_text(json.dumps(out, indent=2))
         print(f"wrote {args.json}")
     return 1 if failed else 0
+
+
+def cmd_replay(args) -> int:
+    try:
+        case, candidate = load_failure(args.file)
+        candidates = [load_candidate(c) for c in (args.candidate or [candidate])]
+    except (ValueError, TypeError) as exc:
+        print(f"parity: {exc}", file=sys.stderr)
+        return 2
+    bounds = Bounds().overridden(args.max_ratio, args.rms_ratio)
+    print(f"case {case.id}: {json.dumps(case.to_dict())}")
+    failed = 0
+    for v in run_case(case, candidates, bounds):
+        failed += not v.passed
+        print(f"\ncandidate {v.candidate}: {v.verdict.upper()}"
+              + (f", first divergent stage {v.first_divergent_stage}" if not v.passed else ""))
+        print(stage_table(v))
+        if v.message:
+            print(v.message)
+    return 1 if failed else 0
+
+
+def stage_table(v: Verdict) -> str:
+    widths = (6, 9, 10, 10, 8, 10, 10, 8, 5)
+    lines = [_row(("layer", "stage", "cand max", "ref max", "ratio", "cand rms", "ref rms", "ratio", "ok"), widths)]
+    for s in v.stages:
+        lines.append(_row(("-" if s.layer is None else s.layer, s.stage, f"{s.cand_max:.3g}", f"{s.ref_max:.3g}",
+                           f"{s.max_ratio:.3g}", f"{s.cand_rms:.3g}", f"{s.ref_rms:.3g}", f"{s.rms_ratio:.3g}",
+                           "yes" if s.passed else "NO"), widths))
+    return "\n".join(lines)
 
 
 def _pair(cases, verdicts, per_case):
@@ -86,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-ratio", type=float, metavar="X", help="override every stage's max-abs ratio bound")
     run.add_argument("--rms-ratio", type=float, metavar="X", help="override every stage's RMS ratio bound")
     run.set_defaults(func=cmd_run)
+
+    replay = sub.add_parser("replay", help="rerun a saved failure with every stage tap and print the diagnosis",
+                            description="Rerun the case saved in FILE (written by a failing `parity run` or "
+                                        "`pytest -m parity`) against its candidate, and print every stage's errors.")
+    replay.add_argument("file", metavar="FILE", help="repro file, e.g. .parity/failures/<case>--<candidate>.json")
+    replay.add_argument("--candidate", action="append", metavar="NAME|MODULE:ATTR",
+                        help="replay against these candidates instead of the saved one (repeatable)")
+    replay.add_argument("--max-ratio", type=float, metavar="X", help="override every stage's max-abs ratio bound")
+    replay.add_argument("--rms-ratio", type=float, metavar="X", help="override every stage's RMS ratio bound")
+    replay.set_defaults(func=cmd_replay)
     return parser
 
 

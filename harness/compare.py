@@ -78,10 +78,13 @@ class StageResult:
     max_ratio: float
     rms_ratio: float
     passed: bool
-    # probs only: masked keys that received a non-zero probability (tolerance-free: every correct
-    # implementation gives exactly 0 there, whatever its precision), and the largest such probability.
+    # Tolerance-free mask checks. probs: masked keys given a non-zero probability (every correct
+    # implementation gives exactly 0 there), with the largest such probability. scores: visible keys
+    # the candidate masked (-inf or the dtype's lowest value).
     leaks: int = 0
     leak_max: float = 0.0
+    hidden: int = 0
+    layer: int | None = None  # set in stacks
 
     @property
     def worst_ratio(self) -> float:
@@ -97,6 +100,8 @@ class Verdict:
     first_divergent_stage: str | None = None
     stages: list[StageResult] = field(default_factory=list)
     message: str = ""
+    # stacks: one summary per layer {layer, verdict, worst_ratio, first_divergent_stage}
+    layers: list[dict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -108,7 +113,7 @@ class Verdict:
         return d
 
 
-UNIT_ROUNDOFF = 2.0**-8  # bfloat16
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
 
 
 def region(stage: str, batch: Batch, oracle: torch.Tensor) -> torch.Tensor:
@@ -124,6 +129,8 @@ def region(stage: str, batch: Batch, oracle: torch.Tensor) -> torch.Tensor:
 
 
 def _errors(x: torch.Tensor, oracle: torch.Tensor) -> tuple[float, float]:
+    if x.numel() == 0:
+        return 0.0, 0.0
     d = x.double() - oracle
     return float(d.abs().max()), float(d.pow(2).mean().sqrt())
 
@@ -132,14 +139,13 @@ def _ratio(err: float, ref_err: float, floor: float) -> float:
     return err / max(ref_err, floor) if err > 0 else 0.0
 
 
-def judge_stage(stage, cand, ref, oracle, mask, bounds: Bounds) -> StageResult:
+def judge_stage(stage, cand, ref, oracle, mask, bounds: Bounds, unit: float = 2.0**-8) -> StageResult:
     c, r, o = cand[mask], ref[mask], oracle[mask]
     cmax, crms = _errors(c, o)
     rmax, rrms = _errors(r, o)
-    scale_max = float(o.abs().max())
-    scale_rms = float(o.pow(2).mean().sqrt())
-    mr = _ratio(cmax, rmax, bounds.floor_ulps * UNIT_ROUNDOFF * scale_max)
-    rr = _ratio(crms, rrms, bounds.floor_ulps * UNIT_ROUNDOFF * scale_rms)
+    scale_max, scale_rms = _errors(torch.zeros_like(o), o)
+    mr = _ratio(cmax, rmax, bounds.floor_ulps * unit * scale_max)
+    rr = _ratio(crms, rrms, bounds.floor_ulps * unit * scale_rms)
     bound = bounds.for_stage(stage)
     passed = mr <= bound.max_ratio and rr <= bound.rms_ratio
     return StageResult(stage, int(mask.sum()), cmax, rmax, crms, rrms, mr, rr, passed)
@@ -180,13 +186,21 @@ def compare(
         mask = region(stage, batch, oracle[stage])
         if not mask.any():
             continue
+        hidden = torch.zeros_like(mask)
+        if stage == "scores":  # a visible key the candidate masked is a mask error, not a NaN
+            t = produced[stage]
+            hidden = mask & (t <= torch.finfo(t.dtype).min / 2)
+            mask = mask & ~hidden
         bad = ~torch.isfinite(produced[stage][mask])
         if bad.any():
             v.verdict, v.first_divergent_stage = "nonfinite", stage
             v.message = (f"{where} / stage {stage}: {int(bad.sum())} of {int(mask.sum())} judged elements are "
                          "NaN or Inf (a read of masked or uninitialised memory, or an overflow)")
             return v
-        result = judge_stage(stage, produced[stage], reference[stage], oracle[stage], mask, bounds)
+        unit = UNIT_ROUNDOFF.get(expected_dtype, 2.0**-8)
+        result = judge_stage(stage, produced[stage], reference[stage], oracle[stage], mask, bounds, unit)
+        if hidden.any():
+            result.hidden, result.passed = int(hidden.sum()), False
         if stage == "probs":
             masked = mask & _masked_keys(oracle)
             leaked = produced[stage][masked] != 0
@@ -218,6 +232,8 @@ def describe(s: StageResult, bounds: Bounds) -> str:
     """One line per failing stage, ending with the bound that would have passed."""
     bound = bounds.for_stage(s.stage)
     parts = []
+    if s.hidden:
+        parts.append(f"{s.hidden} visible (query, key) pairs were masked: the mask is wrong (no tolerance makes this pass)")
     if s.leaks:
         parts.append(f"{s.leaks} masked (query, key) pairs got non-zero probability, up to {s.leak_max:.3g}: "
                      "the mask is missing or wrong (no tolerance makes this pass)")

@@ -1,4 +1,5 @@
-"""Run one case: build it, produce oracle and reference tensors once, run and judge each candidate."""
+"""Run one case: build it, produce oracle and reference tensors once, run and judge each candidate.
+Stacks (depth > 1) are judged layer by layer, teacher-forced or free-running."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from harness.batch import Batch, BlockSpec, build
-from harness.candidates import Candidate, normalise_result
+from harness.batch import Batch, BlockSpec, build, layer_specs, make_batch
+from harness.candidates import Candidate, CandidateResult, normalise_result
 from harness.case import Case
 from harness.compare import Bounds, Verdict, compare
 from harness.produce import run_oracle, run_reference
@@ -24,22 +25,98 @@ class Expected:
 
 def expected_for(case: Case, checkpoint: str | None = None) -> Expected:
     spec, batch = build(case, checkpoint)
+    return produce_expected(spec, batch)
+
+
+def produce_expected(spec: BlockSpec, batch: Batch) -> Expected:
     return Expected(spec, batch, run_oracle(spec, batch, taps=True), run_reference(spec, batch, taps=True))
 
 
-def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds = Bounds()) -> Verdict:
+def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch) -> CandidateResult | str:
+    """The candidate's result, or the message of what it raised (a crash is a verdict, not ours)."""
     try:
         with torch.no_grad():
-            result = normalise_result(candidate.run(expected.spec, expected.batch, taps=True), candidate.name)
-    except Exception as exc:  # a candidate's crash is a verdict, not a crash of the harness
-        tb = traceback.format_exception_only(type(exc), exc)[-1].strip()
-        return Verdict(case.id, candidate.name, "error", message=f"case {case.id} / candidate {candidate.name}: raised {tb}")
-    return compare(case.id, candidate.name, expected.batch, expected.oracle, expected.reference,
+            return normalise_result(candidate.run(spec, batch, taps=True), candidate.name)
+    except Exception as exc:
+        return traceback.format_exception_only(type(exc), exc)[-1].strip()
+
+
+def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds = Bounds()) -> Verdict:
+    result = run_candidate(candidate, expected.spec, expected.batch)
+    return _verdict(case.id, candidate, result, expected, bounds)
+
+
+def _verdict(case_id, candidate, result, expected: Expected, bounds) -> Verdict:
+    if isinstance(result, str):
+        return Verdict(case_id, candidate.name, "error", message=f"case {case_id} / candidate {candidate.name}: raised {result}")
+    return compare(case_id, candidate.name, expected.batch, expected.oracle, expected.reference,
                    result.output, result.taps, bounds, expected.spec.dtype)
 
 
 def run_case(
     case: Case, candidates: list[Candidate], bounds: Bounds = Bounds(), checkpoint: str | None = None
 ) -> list[Verdict]:
+    if case.depth > 1:
+        return run_stack(case, candidates, bounds, checkpoint)
     expected = expected_for(case, checkpoint)
     return [judge(case, c, expected, bounds) for c in candidates]
+
+
+def _next_input(output: torch.Tensor, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
+    """A layer's output as the next layer's input: padding back to zeros (producers leave NaN there)."""
+    return torch.where(batch.valid[..., None], output, torch.zeros((), dtype=output.dtype)).to(dtype)
+
+
+def run_stack(case: Case, candidates: list[Candidate], bounds: Bounds, checkpoint: str | None = None) -> list[Verdict]:
+    specs = layer_specs(case, checkpoint)
+    batch = make_batch(case, specs[0])
+    dtype = specs[0].dtype
+    per_layer: dict[str, list[Verdict]] = {c.name: [] for c in candidates}
+    teacher = case.stack_mode == "teacher"
+    oracle_in = ref_in = batch.hidden
+    cand_in = {c.name: batch.hidden for c in candidates}
+    alive = {c.name: True for c in candidates}
+    for spec in specs:
+        if teacher:  # everyone gets the oracle's previous output, rounded to the model dtype
+            shared = produce_expected(spec, batch.with_hidden(ref_in))
+        else:
+            oracle = run_oracle(spec, batch.with_hidden(oracle_in), taps=True)
+            reference = run_reference(spec, batch.with_hidden(ref_in), taps=True)
+        for c in candidates:
+            if not alive[c.name]:
+                continue
+            if teacher:
+                expected = shared
+            else:
+                expected = Expected(spec, batch.with_hidden(cand_in[c.name]), oracle, reference)
+            result = run_candidate(c, spec, expected.batch)
+            v = _verdict(case.id, c, result, expected, bounds)
+            per_layer[c.name].append(v)
+            if isinstance(result, str) or v.verdict in ("shape", "dtype", "nonfinite"):
+                alive[c.name] = False  # nothing sensible to feed the next layer
+            else:
+                cand_in[c.name] = _next_input(result.output, batch, dtype)
+        if teacher:
+            ref_in = _next_input(shared.oracle["output"], batch, dtype)
+        else:
+            oracle_in = _next_input(oracle["output"], batch, torch.float64)
+            ref_in = _next_input(reference["output"], batch, dtype)
+    return [combine_layers(case.id, c.name, specs, per_layer[c.name]) for c in candidates]
+
+
+def combine_layers(case_id: str, candidate: str, specs: list[BlockSpec], verdicts: list[Verdict]) -> Verdict:
+    """One verdict for a stack: the first failing layer decides; every layer's summary is kept."""
+    combined = Verdict(case_id, candidate, "pass")
+    for spec, v in zip(specs, verdicts):
+        for s in v.stages:
+            s.layer = spec.layer_idx
+        combined.stages += v.stages
+        combined.layers.append({"layer": spec.layer_idx, "verdict": v.verdict, "worst_ratio": v.worst_ratio,
+                                "first_divergent_stage": v.first_divergent_stage})
+        if combined.verdict == "pass" and v.verdict != "pass":
+            combined.verdict = v.verdict
+            combined.first_divergent_stage = f"layer {spec.layer_idx} / {v.first_divergent_stage}"
+            combined.message = v.message.replace(f"case {case_id} /", f"case {case_id} / layer {spec.layer_idx} /", 1)
+    ratios = [v.worst_ratio for v in verdicts if v.worst_ratio is not None]
+    combined.worst_ratio = max(ratios) if ratios else None
+    return combined

@@ -25,7 +25,7 @@ def test_run_quick_passes_and_writes_json(tmp_path):
     assert "verdict" in r.stdout and "0 failed" in r.stdout
     data = json.loads(out.read_text())
     rows = data["cases"]
-    assert {row["candidate"] for row in rows} == {"reference", "hf"}
+    assert {row["candidate"] for row in rows} == {"reference", "hf", "emulation"}
     assert all({"id", "candidate", "verdict", "worst_ratio", "first_divergent_stage"} <= set(row) for row in rows)
     assert all(row["verdict"] == "pass" for row in rows)
 

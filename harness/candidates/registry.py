@@ -9,6 +9,7 @@ from harness.candidates.protocol import Candidate, as_candidate
 BUILTIN = {
     "reference": "harness.candidates.reference:ReferenceCandidate",
     "hf": "harness.candidates.hf:HFCandidate",
+    "emulation": "harness.candidates.emulation:EmulatedBlock",
 }
 
 

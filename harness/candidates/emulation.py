@@ -1,0 +1,209 @@
+"""A configurable pure-torch gpt-oss attention block: the `emulation` candidate.
+
+With default knobs it computes what the reference computes, batched and from positions (not from
+"token i is at position i"), with RoPE positions taken per plan step the way a serving loop hands
+them out. Each knob reproduces one real bug class (see notes/semantics.md) or one harmless
+numerical variant; the self-test's mutants and benign variants are named knob settings
+(harness/mutants.py). `feed` lets the harness enter the pipeline at any stage with tensors of its
+own (the oracle's), so a propagated error cannot hide the true first divergence.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+
+import torch
+
+from harness.batch import Batch, BlockSpec
+from harness.candidates.protocol import CandidateResult
+from harness.masks import visible_keys
+from reference.gpt_oss import yarn_concentration_and_inv_freq
+
+CHOICES = {
+    "window_layers": ("even", "odd", "none"),
+    "sinks": ("normal", "dropped", "zero", "reversed", "per_kv"),
+    "gqa": ("interleave", "tile"),
+    "rope": ("yarn", "plain", "no_concentration"),
+    "positions": ("absolute", "step"),
+    "qkv_order": ("qkv", "kqv"),
+    "scale": ("divide", "multiply"),
+    "softmax": ("model", "float32", "max_subtracted"),
+    "projections": ("fused", "separate"),
+    "out_accumulate": ("model", "float32"),
+}
+
+
+@dataclass(frozen=True)
+class Knobs:
+    # semantics: anything but the default is a bug
+    causal: bool = True
+    window_delta: int = 0  # the window keeps W + window_delta keys
+    window_layers: str = "even"  # which layers slide
+    sinks: str = "normal"
+    gqa: str = "interleave"  # query head h reads kv head h // q_mult ("tile": h % kv_heads)
+    rope: str = "yarn"
+    positions: str = "absolute"  # "step": RoPE positions restart at 0 in every plan step
+    qkv_order: str = "qkv"  # row order assumed for the fused qkv weight
+    norm: bool = True
+    residual: bool = True
+    flatten_batch: bool = False  # batch rows concatenated into one sequence
+    mask_padding: bool = True
+    scale: str = "divide"  # scores / sqrt(d); "multiply": scores * sqrt(d)
+    # numerics: every value is a correct implementation
+    softmax: str = "model"  # in the model dtype; "float32"; "max_subtracted" (row max removed in model dtype, HF eager)
+    projections: str = "fused"  # one qkv matmul, or q, k and v separately
+    out_accumulate: str = "model"  # out-projection accumulated in the model dtype or in float32
+
+    def __post_init__(self):
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r} must be one of {allowed}")
+
+    def changed(self) -> dict:
+        default = Knobs()
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) != getattr(default, f.name)}
+
+
+def rope_positions(batch: Batch, mode: str) -> torch.Tensor:
+    if mode == "absolute":
+        return batch.positions
+    relative = batch.positions.clone()
+    for step in batch.steps:
+        for row, (start, stop) in enumerate(step):
+            inside = (batch.positions[row] >= start) & (batch.positions[row] < stop) & batch.valid[row]
+            relative[row, inside] -= start
+    return relative
+
+
+def rope_tables(spec: BlockSpec, positions: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [B, S, d/2] in float32, cast to the model dtype by the caller (as the reference does)."""
+    c = spec.config
+    if mode == "plain":
+        concentration, inv_freq = 1.0, 1.0 / (c.rope_theta ** (torch.arange(0, c.head_dim, 2, dtype=torch.float32) / c.head_dim))
+    else:
+        concentration, inv_freq = yarn_concentration_and_inv_freq(
+            c.head_dim, c.rope_theta, c.initial_context_length, c.rope_scaling_factor, c.rope_ntk_alpha, c.rope_ntk_beta
+        )
+        if mode == "no_concentration":
+            concentration = 1.0
+    angles = positions.to(torch.float32)[..., None] * inv_freq
+    return angles.cos() * concentration, angles.sin() * concentration
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [B, S, heads, d]; tables [B, S, d/2]."""
+    cos, sin = cos[:, :, None, :].to(x.dtype), sin[:, :, None, :].to(x.dtype)
+    first, second = torch.chunk(x, 2, dim=-1)
+    return torch.cat((first * cos - second * sin, second * cos + first * sin), dim=-1)
+
+
+class EmulatedBlock:
+    """The `emulation` candidate. Also exposes stage entry: run(..., feed={stage: tensor})."""
+
+    def __init__(self, knobs: Knobs | None = None, name: str = "emulation", buckets=None, **changes):
+        self.knobs = replace(knobs or Knobs(), **changes)
+        self.name = name
+        # Like a compiled Neuron block: only these padded lengths run (None: any). Case strategies
+        # read this attribute and draw only shapes inside the buckets.
+        self.buckets = tuple(buckets) if buckets else None
+
+    def run(self, spec: BlockSpec, batch: Batch, *, taps: bool = False, feed: dict | None = None) -> CandidateResult:
+        if self.buckets and batch.hidden.shape[1] not in self.buckets:
+            raise ValueError(f"no compiled bucket for padded length {batch.hidden.shape[1]}; buckets are {self.buckets}")
+        if self.knobs.flatten_batch and batch.valid.shape[0] > 1:
+            return self._run_flattened(spec, batch, taps)
+        t = self._stages(spec, batch, feed or {})
+        output = t.pop("output")
+        return CandidateResult(output, t if taps else {})
+
+    def _run_flattened(self, spec, batch, taps):
+        # The bug: every row's tokens in one sequence, positions counting on across rows.
+        order = [(row, slot) for row in range(batch.valid.shape[0]) for slot in batch.slots(row).tolist()]
+        n = len(order)
+        flat = Batch(
+            hidden=torch.stack([batch.hidden[r, s] for r, s in order])[None],
+            positions=torch.arange(n)[None],
+            valid=torch.ones(1, n, dtype=torch.bool),
+            compare=torch.ones(1, n, dtype=torch.bool),
+            lengths=(n,),
+            padding="right",
+            steps=(((0, n),),),
+        )
+        out = self._stages(spec, flat, {})["output"][0]
+        result = torch.zeros_like(batch.hidden)
+        for i, (r, s) in enumerate(order):
+            result[r, s] = out[i]
+        return CandidateResult(result)
+
+    def _stages(self, spec: BlockSpec, batch: Batch, feed: dict) -> dict[str, torch.Tensor]:
+        k, c, dt = self.knobs, spec.config, spec.dtype
+        w = {name: t.to(torch.float32 if name == "norm.scale" else dt) for name, t in spec.weights.items()}
+        hq, hkv, d = c.num_attention_heads, c.num_key_value_heads, c.head_dim
+        q_mult = hq // hkv
+        b, s, _ = batch.hidden.shape
+        out: dict[str, torch.Tensor] = {}
+
+        def stage(name, value):
+            out[name] = feed[name].to(value.dtype) if name in feed else value
+            return out[name]
+
+        x = batch.hidden
+        if k.norm:
+            xf = x.float()
+            normed = (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5) * w["norm.scale"]).to(dt)
+        else:
+            normed = x
+        normed = stage("normed", normed)
+
+        sizes = {"q": hq * d, "k": hkv * d, "v": hkv * d}
+        order = ("q", "k", "v") if k.qkv_order == "qkv" else ("k", "q", "v")
+        if k.projections == "fused":
+            fused = torch.nn.functional.linear(normed, w["qkv.weight"], w["qkv.bias"])
+            parts = dict(zip(order, torch.split(fused, [sizes[n] for n in order], dim=-1)))
+        else:
+            bounds, lo = {}, 0
+            for n in order:
+                bounds[n], lo = (lo, lo + sizes[n]), lo + sizes[n]
+            parts = {n: torch.nn.functional.linear(normed, w["qkv.weight"][a:z], w["qkv.bias"][a:z]) for n, (a, z) in bounds.items()}
+        q = stage("q", parts["q"].reshape(b, s, hq, d))
+        key = stage("k", parts["k"].reshape(b, s, hkv, d))
+        v = stage("v", parts["v"].reshape(b, s, hkv, d))
+
+        cos, sin = rope_tables(spec, rope_positions(batch, k.positions), k.rope)
+        q_rope = stage("q_rope", rotate(q, cos, sin))
+        k_rope = stage("k_rope", rotate(key, cos, sin))
+
+        kv_of_head = torch.arange(hq) // q_mult if k.gqa == "interleave" else torch.arange(hq) % hkv
+        k_heads, v_heads = k_rope[:, :, kv_of_head], v[:, :, kv_of_head]  # [B, S, Hq, d]
+        scores = torch.einsum("bqhd,bkhd->bhqk", q_rope, k_heads)
+        scores = scores * (d**-0.5 if k.scale == "divide" else math.sqrt(d))
+        sliding = {"even": spec.layer_idx % 2 == 0, "odd": spec.layer_idx % 2 == 1, "none": False}[k.window_layers]
+        window = c.sliding_window + k.window_delta if sliding else 0
+        keep = visible_keys(batch.positions, batch.positions, batch.valid if k.mask_padding else torch.ones_like(batch.valid), window)
+        if not k.causal:
+            keep = (batch.valid if k.mask_padding else torch.ones_like(batch.valid))[:, None, :].expand(b, s, s)
+        scores = stage("scores", scores.masked_fill(~keep[:, None], -float("inf")))
+
+        sinks = {
+            "normal": w["sinks"], "zero": torch.zeros_like(w["sinks"]), "reversed": w["sinks"].flip(0),
+            "per_kv": w["sinks"][:hkv][kv_of_head], "dropped": torch.full_like(w["sinks"], -float("inf")),
+        }[k.sinks]
+        logits = torch.cat([scores, sinks[None, :, None, None].expand(b, hq, s, 1)], dim=-1)
+        if k.softmax == "float32":
+            probs = torch.softmax(logits.float(), dim=-1).to(dt)
+        elif k.softmax == "max_subtracted":
+            probs = torch.softmax(logits - logits.max(dim=-1, keepdim=True).values, dim=-1)
+        else:
+            probs = torch.softmax(logits, dim=-1)
+        probs = stage("probs", probs)
+
+        attn = stage("attn", torch.einsum("bhqk,bkhd->bqhd", probs[..., :-1], v_heads))
+        flat = attn.reshape(b, s, hq * d)
+        if k.out_accumulate == "float32":
+            projected = torch.nn.functional.linear(flat.float(), w["out.weight"].float(), w["out.bias"].float()).to(dt)
+        else:
+            projected = torch.nn.functional.linear(flat, w["out.weight"], w["out.bias"])
+        projected = stage("out_proj", projected)
+        stage("output", x + projected if k.residual else projected)
+        return out

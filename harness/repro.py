@@ -1,0 +1,59 @@
+"""Failure repros: a failing case is saved with the candidate that failed it, as a small JSON file,
+and `parity replay FILE` reruns exactly that case (the same tensors, rebuilt from seeds)."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+
+from harness.case import Case
+from harness.compare import Verdict
+
+DEFAULT_DIR = ".parity/failures"
+
+
+def failures_dir() -> Path:
+    """$PARITY_FAILURES_DIR, or .parity/failures under the current directory."""
+    return Path(os.environ.get("PARITY_FAILURES_DIR", DEFAULT_DIR))
+
+
+def _safe(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
+
+
+def save_failure(case: Case, candidate: str, verdict: Verdict, directory: Path | None = None) -> Path:
+    """Write {case, candidate, verdict summary}; atomic, so a crash never leaves half a file."""
+    directory = Path(directory or failures_dir())
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{_safe(case.id)}--{_safe(candidate)}.json"
+    record = {
+        "case": case.to_dict(),
+        "candidate": candidate,
+        "verdict": verdict.verdict,
+        "first_divergent_stage": verdict.first_divergent_stage,
+        "worst_ratio": verdict.worst_ratio,
+    }
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(record, f, indent=2)
+    os.replace(tmp, path)
+    return path
+
+
+def load_failure(path: str | Path) -> tuple[Case, str]:
+    p = Path(path)
+    try:
+        record = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"repro file {p} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"repro file {p} is not valid JSON: {exc}") from None
+    if not isinstance(record, dict) or "case" not in record or "candidate" not in record:
+        raise ValueError(f"repro file {p}: expected an object with 'case' and 'candidate' (written by a failing parity run)")
+    return Case.from_dict(record["case"], source=str(p)), record["candidate"]
+
+
+def replay_command(path: Path) -> str:
+    return f"parity replay {path}"
