@@ -1,12 +1,9 @@
 """Judge a candidate against the float64 oracle, in units of the bf16 reference's own error.
 
-For each stage both the candidate and the reference are measured against the oracle; the candidate
-passes a metric when   err(candidate) <= bound * max(err(reference), floor).
-The ratio is scale-free: "2.1x the reference's own error" means the same at every stage and size.
-Defaults follow FlashAttention's tests (kernel error <= 2x the same-precision baseline on max abs)
-and PyTorch dynamo's same() (RMSE <= 2-3x the reference's RMSE against fp64); both are widened a
-little because the reference here is itself bf16 and single tokens give max-abs statistics of one
-element. The floor keeps a ratio meaningful where the reference happens to be (almost) exact.
+For each stage both the candidate and the reference are measured against the oracle; the bounds
+(harness/tolerances.py) apply to the ratio of the two errors, which is scale-free: "2.1x the
+reference's own error" means the same at every stage and size. Next to the ratios, tolerance-free
+mask checks fail a stage outright (see StageResult).
 """
 
 from __future__ import annotations
@@ -17,58 +14,18 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from harness.batch import Batch
-from harness.stages import STAGES, check_stage_names
+from harness.metrics import UNIT_ROUNDOFF, Errors, beyond_fraction, judged_positions, region, token_error, token_head_map
+from harness.stages import STAGES
+from harness.tolerances import Bound, Bounds  # noqa: F401  (re-exported)
 
 VERDICTS = ("pass", "fail", "nonfinite", "shape", "dtype", "error")
 
 
-@dataclass(frozen=True)
-class Bound:
-    max_ratio: float
-    rms_ratio: float
-
-    def __post_init__(self):
-        for name in ("max_ratio", "rms_ratio"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and value > 0 and math.isfinite(value)):
-                raise ValueError(f"{name}={value!r} must be a positive finite number")
-
-
-# Attention internals get a wider bound: with dominant sinks a short row's attention output is
-# nearly zero and every bf16 softmax variant's relative error grows there. HF eager (row max
-# subtracted in bf16) measured up to 3.9x the reference on 1-token rows with sinks of 5..15, while
-# its block output stayed within 1.1x. Real bugs measure 10x and far more.
-_TOKEN = Bound(max_ratio=3.0, rms_ratio=2.0)
-_ATTENTION = Bound(max_ratio=6.0, rms_ratio=6.0)
-DEFAULT_BOUNDS = {stage: (_ATTENTION if stage in ("scores", "probs", "attn") else _TOKEN) for stage in STAGES}
-
-
-@dataclass(frozen=True)
-class Bounds:
-    """The tolerance policy: one Bound per stage, and a noise floor in units of the bf16 unit
-    roundoff (2^-8) times the oracle's own scale."""
-
-    per_stage: tuple[tuple[str, Bound], ...] = tuple(DEFAULT_BOUNDS.items())
-    floor_ulps: float = 0.5
-
-    def __post_init__(self):
-        check_stage_names(dict(self.per_stage))
-        if not (self.floor_ulps > 0 and math.isfinite(self.floor_ulps)):
-            raise ValueError(f"floor_ulps={self.floor_ulps!r} must be a positive finite number")
-
-    def for_stage(self, stage: str) -> Bound:
-        return dict(self.per_stage).get(stage, _TOKEN)
-
-    def overridden(self, max_ratio: float | None = None, rms_ratio: float | None = None) -> "Bounds":
-        """Every stage's bound with the given metric(s) replaced."""
-        stages = tuple(
-            (name, Bound(max_ratio or b.max_ratio, rms_ratio or b.rms_ratio)) for name, b in self.per_stage
-        )
-        return Bounds(stages, self.floor_ulps)
-
-
 @dataclass
 class StageResult:
+    """One stage's errors against the oracle, for the candidate and the bf16 reference. The policy
+    bounds max_ratio and rms_ratio; the other metrics are reported for diagnosis."""
+
     stage: str
     elements: int
     cand_max: float
@@ -78,12 +35,18 @@ class StageResult:
     max_ratio: float
     rms_ratio: float
     passed: bool
+    cand_rel_fro: float = 0.0
+    ref_rel_fro: float = 0.0
+    cand_cosine: float = 1.0
+    ref_cosine: float = 1.0
+    beyond: float = 0.0  # fraction of the candidate's elements outside the reference's max error
     # Tolerance-free mask checks. probs: masked keys given a non-zero probability (every correct
     # implementation gives exactly 0 there), with the largest such probability. scores: visible keys
-    # the candidate masked (-inf or the dtype's lowest value).
+    # the candidate masked (hidden), masked real keys it left open (exposed).
     leaks: int = 0
     leak_max: float = 0.0
     hidden: int = 0
+    exposed: int = 0
     layer: int | None = None  # set in stacks
 
     @property
@@ -102,6 +65,12 @@ class Verdict:
     message: str = ""
     # stacks: one summary per layer {layer, verdict, worst_ratio, first_divergent_stage}
     layers: list[dict] = field(default_factory=list)
+    # failing verdicts: error maps for reports {"attn_token_head": {...}, "output_position": {...}}
+    maps: dict = field(default_factory=dict)
+    # the first stage that still fails when fed the oracle's inputs (candidates with stage entry)
+    isolated_stage: str | None = None
+    # tolerance-free probes: [{name, passed, detail}]
+    probes: list[dict] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -113,42 +82,19 @@ class Verdict:
         return d
 
 
-UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
-
-
-def region(stage: str, batch: Batch, oracle: torch.Tensor) -> torch.Tensor:
-    """Boolean mask, shaped like the stage tensor, of the elements that are judged."""
-    rows = batch.compare
-    if stage == "scores":  # visible keys only: masked entries may be -inf or the dtype's min
-        return (rows[:, None, :, None] & torch.isfinite(oracle)).expand(oracle.shape)
-    if stage == "probs":  # every real key (masked ones must be 0) plus the sink column
-        keys = torch.cat([batch.valid, torch.ones_like(batch.valid[:, :1])], dim=1)
-        return (rows[:, None, :, None] & keys[:, None, None, :]).expand(oracle.shape)
-    shape = rows.shape + (1,) * (oracle.dim() - 2)
-    return rows.view(shape).expand(oracle.shape)
-
-
-def _errors(x: torch.Tensor, oracle: torch.Tensor) -> tuple[float, float]:
-    if x.numel() == 0:
-        return 0.0, 0.0
-    d = x.double() - oracle
-    return float(d.abs().max()), float(d.pow(2).mean().sqrt())
-
-
 def _ratio(err: float, ref_err: float, floor: float) -> float:
     return err / max(ref_err, floor) if err > 0 else 0.0
 
 
 def judge_stage(stage, cand, ref, oracle, mask, bounds: Bounds, unit: float = 2.0**-8) -> StageResult:
     c, r, o = cand[mask], ref[mask], oracle[mask]
-    cmax, crms = _errors(c, o)
-    rmax, rrms = _errors(r, o)
-    scale_max, scale_rms = _errors(torch.zeros_like(o), o)
-    mr = _ratio(cmax, rmax, bounds.floor_ulps * unit * scale_max)
-    rr = _ratio(crms, rrms, bounds.floor_ulps * unit * scale_rms)
+    ce, re_, scale = Errors.of(c, o), Errors.of(r, o), Errors.of(torch.zeros_like(o), o)
+    mr = _ratio(ce.max, re_.max, bounds.floor_ulps * unit * scale.max)
+    rr = _ratio(ce.rms, re_.rms, bounds.floor_ulps * unit * scale.rms)
     bound = bounds.for_stage(stage)
     passed = mr <= bound.max_ratio and rr <= bound.rms_ratio
-    return StageResult(stage, int(mask.sum()), cmax, rmax, crms, rrms, mr, rr, passed)
+    return StageResult(stage, int(mask.sum()), ce.max, re_.max, ce.rms, re_.rms, mr, rr, passed,
+                       ce.rel_fro, re_.rel_fro, ce.cosine, re_.cosine, beyond_fraction(c, o, re_.max))
 
 
 def compare(
@@ -183,30 +129,13 @@ def compare(
     for stage in STAGES:
         if stage not in produced or stage not in oracle or stage not in reference:
             continue
-        mask = region(stage, batch, oracle[stage])
-        if not mask.any():
+        result = judge_stage_in_batch(stage, batch, produced[stage], reference[stage], oracle, bounds, expected_dtype)
+        if result is None:
             continue
-        hidden = torch.zeros_like(mask)
-        if stage == "scores":  # a visible key the candidate masked is a mask error, not a NaN
-            t = produced[stage]
-            hidden = mask & (t <= torch.finfo(t.dtype).min / 2)
-            mask = mask & ~hidden
-        bad = ~torch.isfinite(produced[stage][mask])
-        if bad.any():
+        if isinstance(result, str):
             v.verdict, v.first_divergent_stage = "nonfinite", stage
-            v.message = (f"{where} / stage {stage}: {int(bad.sum())} of {int(mask.sum())} judged elements are "
-                         "NaN or Inf (a read of masked or uninitialised memory, or an overflow)")
+            v.message = f"{where} / stage {stage}: {result}"
             return v
-        unit = UNIT_ROUNDOFF.get(expected_dtype, 2.0**-8)
-        result = judge_stage(stage, produced[stage], reference[stage], oracle[stage], mask, bounds, unit)
-        if hidden.any():
-            result.hidden, result.passed = int(hidden.sum()), False
-        if stage == "probs":
-            masked = mask & _masked_keys(oracle)
-            leaked = produced[stage][masked] != 0
-            if leaked.any():
-                result.leaks, result.leak_max = int(leaked.sum()), float(produced[stage][masked].abs().max())
-                result.passed = False
         v.stages.append(result)
         if not result.passed:
             failing.append(result)
@@ -215,16 +144,67 @@ def compare(
         first = failing[0]
         v.verdict, v.first_divergent_stage = "fail", first.stage
         v.message = f"{where}: first divergent stage {first.stage}\n" + "\n".join(describe(s, bounds) for s in failing)
+        v.maps = error_maps(batch, oracle, reference, produced)
     return v
 
 
-def _masked_keys(oracle: dict[str, torch.Tensor]) -> torch.Tensor:
-    """[B, Hq, S, S+1] True where the key is masked for that query (sink column False)."""
-    probs = oracle["probs"]
+def judge_stage_in_batch(stage, batch, cand, ref, oracle: dict, bounds: Bounds, dtype) -> StageResult | str | None:
+    """Judge one stage over its region: a StageResult, a message if judged elements are NaN/Inf,
+    or None when nothing is judged. `oracle` is the dict of oracle stages (the mask checks of probs
+    read its scores)."""
+    mask = region(stage, batch, oracle[stage])
+    if not mask.any():
+        return None
+    hidden = exposed = torch.zeros_like(mask)
+    if stage == "scores":
+        # Masked means -inf or at most half the dtype's lowest value. A visible key the candidate masked,
+        # or a masked real key it left open, is a mask error (tolerance-free), not a NaN.
+        is_masked = cand <= torch.finfo(cand.dtype).min / 2
+        hidden = mask & is_masked
+        exposed = batch.compare[:, None, :, None] & _masked_keys(oracle, batch)[..., :-1] & ~is_masked
+        mask = mask & ~hidden
+    bad = ~torch.isfinite(cand[mask])
+    if bad.any():
+        return (f"{int(bad.sum())} of {int(mask.sum())} judged elements are NaN or Inf "
+                "(a read of masked or uninitialised memory, or an overflow)")
+    result = judge_stage(stage, cand, ref, oracle[stage], mask, bounds, UNIT_ROUNDOFF.get(dtype, 2.0**-8))
+    if hidden.any():
+        result.hidden, result.passed = int(hidden.sum()), False
+    if exposed.any():
+        result.exposed, result.passed = int(exposed.sum()), False
+    if stage == "probs":
+        masked = batch.compare[:, None, :, None] & _masked_keys(oracle, batch)
+        leaked = cand[masked] != 0
+        if leaked.any():
+            result.leaks, result.leak_max = int(leaked.sum()), float(cand[masked].abs().max())
+            result.passed = False
+    return result
+
+
+def error_maps(batch, oracle, reference, produced) -> dict:
+    """Token x head errors of the attention output, and per-position block-output errors, for both
+    the candidate and the reference (lists, so they travel in JSON)."""
+    maps: dict = {"positions": judged_positions(batch).tolist(), "rows": batch.compare.nonzero()[:, 0].tolist()}
+    if "attn" in produced and "attn" in reference:
+        maps["attn_token_head"] = {
+            "candidate": token_head_map(produced["attn"], oracle["attn"], batch).tolist(),
+            "reference": token_head_map(reference["attn"], oracle["attn"], batch).tolist(),
+        }
+    maps["output_position"] = {
+        "candidate": token_error(produced["output"], oracle["output"], batch).tolist(),
+        "reference": token_error(reference["output"], oracle["output"], batch).tolist(),
+    }
+    return maps
+
+
+def _masked_keys(oracle: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
+    """[B, Hq, S, S+1] True where the key is masked for that query or is padding (sink column False).
+    Only meaningful on judged query rows."""
     if "scores" in oracle:
-        masked = ~torch.isfinite(oracle["scores"])
+        masked = oracle["scores"] == -float("inf")
     else:
-        masked = probs[..., :-1] == 0
+        masked = oracle["probs"][..., :-1] == 0
+    masked = masked | ~batch.valid[:, None, None, :]
     return torch.cat([masked, torch.zeros_like(masked[..., :1])], dim=-1)
 
 
@@ -232,6 +212,9 @@ def describe(s: StageResult, bounds: Bounds) -> str:
     """One line per failing stage, ending with the bound that would have passed."""
     bound = bounds.for_stage(s.stage)
     parts = []
+    if s.exposed:
+        parts.append(f"{s.exposed} masked (query, key) pairs were left unmasked in the scores: the mask is missing "
+                     "or wrong (no tolerance makes this pass)")
     if s.hidden:
         parts.append(f"{s.hidden} visible (query, key) pairs were masked: the mask is wrong (no tolerance makes this pass)")
     if s.leaks:

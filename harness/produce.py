@@ -36,9 +36,10 @@ def _empty_like_batch(batch: Batch, spec: BlockSpec, dtype: torch.dtype, score_t
         "q_rope": (b, s, hq, d), "k_rope": (b, s, hkv, d), "attn": (b, s, hq, d),
         "out_proj": (b, s, h), "output": (b, s, h),
     }
-    if score_taps:
-        shapes.update(scores=(b, hq, s, s), probs=(b, hq, s, s + 1))
-    return {name: torch.full(shape, float("nan"), dtype=dtype) for name, shape in shapes.items()}
+    out = {name: torch.full(shape, float("nan"), dtype=dtype) for name, shape in shapes.items()}
+    if score_taps:  # nothing attends to padding: its keys are masked (-inf, probability 0) by definition
+        out.update(scores=torch.full((b, hq, s, s), -float("inf"), dtype=dtype), probs=torch.zeros((b, hq, s, s + 1), dtype=dtype))
+    return out
 
 
 def _scatter_scores(dst: dict, row: int, src: dict, q_slots: torch.Tensor, k_slots: torch.Tensor, sink_col: int) -> None:

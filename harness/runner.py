@@ -3,6 +3,7 @@ Stacks (depth > 1) are judged layer by layer, teacher-forced or free-running."""
 
 from __future__ import annotations
 
+import inspect
 import traceback
 from dataclasses import dataclass
 
@@ -11,8 +12,10 @@ import torch
 from harness.batch import Batch, BlockSpec, build, layer_specs, make_batch
 from harness.candidates import Candidate, CandidateResult, normalise_result
 from harness.case import Case
-from harness.compare import Bounds, Verdict, compare
+from harness.compare import Bounds, Verdict, compare, judge_stage_in_batch
+from harness.probes import BINDING, STRICT, build_probes, judge_probe
 from harness.produce import run_oracle, run_reference
+from harness.stages import STAGES
 
 
 @dataclass
@@ -41,9 +44,72 @@ def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch) -> Candid
         return traceback.format_exception_only(type(exc), exc)[-1].strip()
 
 
-def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds = Bounds()) -> Verdict:
+def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds = Bounds(),
+          probes: bool = True, strict_probes: bool = False) -> Verdict:
+    bounds = bounds.for_candidate(candidate)
     result = run_candidate(candidate, expected.spec, expected.batch)
-    return _verdict(case.id, candidate, result, expected, bounds)
+    v = _verdict(case.id, candidate, result, expected, bounds)
+    if isinstance(result, str) or v.verdict in ("shape", "dtype", "error"):
+        return v
+    if v.verdict == "fail" and accepts_feed(candidate):
+        v.isolated_stage = isolate(candidate, expected, bounds)
+        if v.isolated_stage and v.isolated_stage != v.first_divergent_stage:
+            v.message += (f"\n  fed the oracle's inputs stage by stage, the first stage that still fails is "
+                          f"{v.isolated_stage}: the error starts there")
+            v.first_divergent_stage = v.isolated_stage
+    if probes:
+        run_probes(candidate, expected, result.output, v, strict_probes)
+    return v
+
+
+def accepts_feed(candidate) -> bool:
+    try:
+        return "feed" in inspect.signature(candidate.run).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+def _feedable(stage: str, t: torch.Tensor) -> torch.Tensor:
+    """Oracle tensors hold NaN where nothing was computed; a fed NaN would spread (0 x NaN)."""
+    return torch.nan_to_num(t, nan=-float("inf") if stage == "scores" else 0.0, neginf=-float("inf"))
+
+
+def isolate(candidate, expected: Expected, bounds: Bounds) -> str | None:
+    """Enter the candidate at each stage with the oracle's values of every earlier stage; the first
+    stage that still fails is where the error starts, not where it was first seen."""
+    earlier: dict[str, torch.Tensor] = {}
+    for stage in STAGES:
+        if stage not in expected.oracle:
+            continue
+        try:
+            with torch.no_grad():
+                out = normalise_result(candidate.run(expected.spec, expected.batch, taps=True, feed=dict(earlier)), candidate.name)
+        except Exception:
+            return None
+        produced = {**out.taps, "output": out.output}
+        if stage in produced:
+            result = judge_stage_in_batch(stage, expected.batch, produced[stage], expected.reference[stage],
+                                          expected.oracle, bounds, expected.spec.dtype)
+            if isinstance(result, str) or (result is not None and not result.passed):
+                return stage
+        earlier[stage] = _feedable(stage, expected.oracle[stage])
+    return None
+
+
+def run_probes(candidate, expected: Expected, baseline: torch.Tensor, v: Verdict, strict: bool) -> None:
+    binding = BINDING + (STRICT if strict or getattr(candidate, "skips_masked_memory", False) else ())
+    for probe in build_probes(expected.spec, expected.batch):
+        out = run_candidate(candidate, expected.spec, probe.batch)
+        if isinstance(out, str):
+            record = {"name": probe.name, "passed": False, "detail": f"raised {out}"}
+        else:
+            record = judge_probe(probe, baseline, out.output)
+        record["binding"] = probe.name in binding
+        v.probes.append(record)
+        if record["binding"] and not record["passed"] and v.verdict == "pass":
+            v.verdict, v.first_divergent_stage = "fail", f"probe {probe.name}"
+            v.message = (f"case {v.case_id} / candidate {v.candidate}: probe {probe.name} failed: {record['detail']} "
+                         "(tolerance-free: values that must not matter changed the output)")
 
 
 def _verdict(case_id, candidate, result, expected: Expected, bounds) -> Verdict:
@@ -54,12 +120,17 @@ def _verdict(case_id, candidate, result, expected: Expected, bounds) -> Verdict:
 
 
 def run_case(
-    case: Case, candidates: list[Candidate], bounds: Bounds = Bounds(), checkpoint: str | None = None
+    case: Case,
+    candidates: list[Candidate],
+    bounds: Bounds = Bounds(),
+    checkpoint: str | None = None,
+    probes: bool = True,
+    strict_probes: bool = False,
 ) -> list[Verdict]:
     if case.depth > 1:
         return run_stack(case, candidates, bounds, checkpoint)
     expected = expected_for(case, checkpoint)
-    return [judge(case, c, expected, bounds) for c in candidates]
+    return [judge(case, c, expected, bounds, probes, strict_probes) for c in candidates]
 
 
 def _next_input(output: torch.Tensor, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
@@ -90,7 +161,7 @@ def run_stack(case: Case, candidates: list[Candidate], bounds: Bounds, checkpoin
             else:
                 expected = Expected(spec, batch.with_hidden(cand_in[c.name]), oracle, reference)
             result = run_candidate(c, spec, expected.batch)
-            v = _verdict(case.id, c, result, expected, bounds)
+            v = _verdict(case.id, c, result, expected, bounds.for_candidate(c))
             per_layer[c.name].append(v)
             if isinstance(result, str) or v.verdict in ("shape", "dtype", "nonfinite"):
                 alive[c.name] = False  # nothing sensible to feed the next layer

@@ -64,9 +64,9 @@ def test_full_dims(candidate_name, case):
 
 
 @pytest.mark.parity
-@pytest.mark.parametrize("broken", ["no_sinks", "window_wrong_parity"])
-def test_broken_candidates_are_caught(broken):
+@pytest.mark.parametrize("broken, stage", [("no_sinks", "probs"), ("window_wrong_parity", "scores")])
+def test_broken_candidates_are_caught(broken, stage):
     """The parity check itself must be able to fail."""
     case = Case(layer=0, lengths=(131,), sinks="small")
     (verdict,) = run_case(case, [load_candidate(f"tests.broken_candidates:{broken}")])
-    assert verdict.verdict == "fail" and verdict.first_divergent_stage == "probs", verdict.message
+    assert verdict.verdict == "fail" and verdict.first_divergent_stage == stage, verdict.message

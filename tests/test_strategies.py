@@ -99,7 +99,7 @@ def test_replay_reproduces_a_failure_bit_for_bit(tmp_path, capsys):
     assert again.to_dict() == first.to_dict()
     assert main(["replay", str(path)]) == 1
     out = capsys.readouterr().out
-    assert "first divergent stage probs" in out and "probs" in out and "NO" in out
+    assert "first divergent stage scores" in out and "probs" in out and "NO" in out
 
 
 def test_bad_repro_files(tmp_path, capsys):
