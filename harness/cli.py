@@ -1,124 +1,181 @@
-"""The `parity` command line. `parity run` checks candidates against the float64 oracle."""
+"""The `parity` command line: run, replay, report (see README "Commands")."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
-from harness.candidates import BUILTIN, load_candidate
 from harness import case as case_module
+from harness.candidates import BUILTIN, load_candidate
 from harness.case import Case
-from harness.compare import Bounds, Verdict
+from harness.compare import Verdict
+from harness.report import load_records, record_of, write_report
 from harness.repro import load_failure, replay_command, save_failure
 from harness.runner import run_case
 from harness.sweep import default_cases
+from harness.tolerances import Bounds, load_bounds
+
+
+class UsageError(Exception):
+    """A bad argument or input file: printed as one line, exit status 2."""
 
 
 def load_case_file(path: str) -> list[Case]:
     try:
         return case_module.load_case_file(path)
     except ValueError as exc:
-        raise SystemExit(f"parity: {exc}")
+        raise UsageError(str(exc)) from None
 
 
 def _row(cols, widths):
     return "  ".join(str(c).ljust(w) for c, w in zip(cols, widths))
 
 
-def cmd_run(args) -> int:
+def _bounds(args) -> Bounds:
+    for name in ("max_ratio", "rms_ratio"):
+        value = getattr(args, name)
+        if value is not None and not value > 0:
+            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
     try:
-        candidates = [load_candidate(c) for c in (args.candidate or list(BUILTIN))]
+        base = load_bounds(args.bounds) if args.bounds else Bounds()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    return base.overridden(args.max_ratio, args.rms_ratio)
+
+
+def _candidates(names: list[str]):
+    try:
+        return [load_candidate(c) for c in names]
     except (ValueError, TypeError) as exc:
-        print(f"parity: {exc}", file=sys.stderr)
-        return 2
-    bounds = Bounds().overridden(args.max_ratio, args.rms_ratio)
+        raise UsageError(str(exc)) from None
+
+
+class Progress:
+    """A one-line counter on a terminal's stderr; silent under CI or when redirected."""
+
+    def __init__(self, total: int):
+        self.total, self.on = total, sys.stderr.isatty() and not os.environ.get("CI")
+
+    def show(self, i: int, what: str) -> None:
+        if self.on:
+            print(f"\r[{i}/{self.total}] {what[:70]:70}", end="", file=sys.stderr, flush=True)
+
+    def clear(self) -> None:
+        if self.on:
+            print("\r" + " " * 80 + "\r", end="", file=sys.stderr, flush=True)
+
+
+def cmd_run(args) -> int:
+    names = args.candidate or list(BUILTIN)
+    candidates = _candidates(names)
+    specs = dict(zip((c.name for c in candidates), names))
+    bounds = _bounds(args)
     cases = [c for f in args.case_file for c in load_case_file(f)] if args.case_file else default_cases(args.quick)
     widths = (44, 12, 10, 12, 20)
     print(_row(("case", "candidate", "verdict", "worst ratio", "first failing stage"), widths))
-    verdicts: list[Verdict] = []
+    pairs: list[tuple[Case, Verdict]] = []
     started = time.monotonic()
-    for case in cases:
+    progress = Progress(len(cases))
+    for i, case in enumerate(cases, 1):
+        progress.show(i, case.id)
         try:
-            case_verdicts = run_case(case, candidates, bounds, args.checkpoint)
+            verdicts = run_case(case, candidates, bounds, args.checkpoint, probes=not args.no_probes,
+                                strict_probes=args.strict_probes)
         except (OSError, KeyError, ValueError) as exc:  # unreadable checkpoint, missing layer, bad dims
-            print(f"parity: case {case.id}: {exc}", file=sys.stderr)
-            return 2
-        for v in case_verdicts:
-            verdicts.append(v)
+            progress.clear()
+            raise UsageError(f"case {case.id}: {exc}") from None
+        progress.clear()
+        for v in verdicts:
+            pairs.append((case, v))
             ratio = f"{v.worst_ratio:.3g}" if v.worst_ratio is not None else "-"
-            stage = v.first_divergent_stage if not v.passed else "-"
-            print(_row((v.case_id, v.candidate, v.verdict.upper(), ratio, stage), widths), flush=True)
-    failed = [v for v in verdicts if not v.passed]
-    specs = dict(zip((c.name for c in candidates), args.candidate or list(BUILTIN)))
-    for case, v in _pair(cases, verdicts, len(candidates)):
-        if not v.passed:
-            path = save_failure(case, specs[v.candidate], v)
-            print(f"\n{v.verdict.upper()}: {v.message}\n  replay: {replay_command(path)}")
-    print(f"\n{len(verdicts) - len(failed)} checks passed, {len(failed)} failed "
+            print(_row((v.case_id, v.candidate, v.verdict.upper(), ratio, v.first_divergent_stage if not v.passed else "-"), widths), flush=True)
+    failed = [(c, v) for c, v in pairs if not v.passed]
+    for case, v in failed:
+        path = save_failure(case, specs[v.candidate], v)
+        print(f"\n{v.verdict.upper()}: {v.message}\n  replay: {replay_command(path)}")
+    print(f"\n{len(pairs) - len(failed)} checks passed, {len(failed)} failed "
           f"({len(cases)} cases x {len(candidates)} candidates, {time.monotonic() - started:.1f} s)")
+    by_name = {c.name: c for c in candidates}
+    records = [record_of(c, v, bounds.for_candidate(by_name[v.candidate])) for c, v in pairs]
     if args.json:
-        out = {"cases": [dict(v.to_dict(), case=c.to_dict()) for c, v in _pair(cases, verdicts, len(candidates))],
-               "summary": {"checks": len(verdicts), "failed": len(failed)}}
-        Path(args.json).write_text(json.dumps(out, indent=2))
+        Path(args.json).write_text(json.dumps({"cases": records, "summary": {"checks": len(pairs), "failed": len(failed)}}, indent=2))
         print(f"wrote {args.json}")
+    if args.report:
+        print(f"wrote {write_report(records, args.report)}")
     return 1 if failed else 0
 
 
 def cmd_replay(args) -> int:
     try:
-        case, candidate = load_failure(args.file)
-        candidates = [load_candidate(c) for c in (args.candidate or [candidate])]
-    except (ValueError, TypeError) as exc:
-        print(f"parity: {exc}", file=sys.stderr)
-        return 2
-    bounds = Bounds().overridden(args.max_ratio, args.rms_ratio)
+        case, saved = load_failure(args.file)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    candidates = _candidates(args.candidate or [saved])
     print(f"case {case.id}: {json.dumps(case.to_dict())}")
     failed = 0
-    for v in run_case(case, candidates, bounds):
+    for v in run_case(case, candidates, _bounds(args), strict_probes=args.strict_probes):
         failed += not v.passed
         print(f"\ncandidate {v.candidate}: {v.verdict.upper()}"
               + (f", first divergent stage {v.first_divergent_stage}" if not v.passed else ""))
         print(stage_table(v))
+        for p in v.probes:
+            print(f"probe {p['name']:20} {'ok' if p['passed'] else 'FAILED'}{'' if p['binding'] else ' (not binding)'}: {p['detail']}")
         if v.message:
             print(v.message)
     return 1 if failed else 0
 
 
 def stage_table(v: Verdict) -> str:
-    widths = (6, 9, 10, 10, 8, 10, 10, 8, 5)
-    lines = [_row(("layer", "stage", "cand max", "ref max", "ratio", "cand rms", "ref rms", "ratio", "ok"), widths)]
+    widths = (6, 9, 10, 10, 8, 10, 10, 8, 9, 8, 5)
+    head = ("layer", "stage", "cand max", "ref max", "ratio", "cand rms", "ref rms", "ratio", "cosine", "beyond", "ok")
+    lines = [_row(head, widths)]
     for s in v.stages:
         lines.append(_row(("-" if s.layer is None else s.layer, s.stage, f"{s.cand_max:.3g}", f"{s.ref_max:.3g}",
                            f"{s.max_ratio:.3g}", f"{s.cand_rms:.3g}", f"{s.ref_rms:.3g}", f"{s.rms_ratio:.3g}",
-                           "yes" if s.passed else "NO"), widths))
+                           f"{s.cand_cosine:.6f}", f"{s.beyond:.1%}", "yes" if s.passed else "NO"), widths))
     return "\n".join(lines)
 
 
-def _pair(cases, verdicts, per_case):
-    for i, v in enumerate(verdicts):
-        yield cases[i // per_case], v
+def cmd_report(args) -> int:
+    try:
+        records = load_records(args.results)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    print(f"wrote {write_report(records, args.out)}")
+    return 0
+
+
+def _bound_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bounds", metavar="FILE", help="tolerance policy file (JSON; see harness/tolerances.py)")
+    p.add_argument("--max-ratio", type=float, metavar="X", help="override every stage's max-abs ratio bound")
+    p.add_argument("--rms-ratio", type=float, metavar="X", help="override every stage's RMS ratio bound")
+    p.add_argument("--strict-probes", action="store_true",
+                   help="the NaN probes (NaN in padding / outside the window must not reach outputs) fail the check")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parity", description="Numerical parity harness for gpt-oss attention.")
     sub = parser.add_subparsers(dest="command", required=True)
+
     run = sub.add_parser("run", help="check candidates against the float64 oracle and the bf16 reference",
-                         description="Run cases against candidates and print a verdict table. Exit 1 if any check fails.")
+                         description="Run cases against candidates and print a verdict table. Exit 1 if any check fails, 2 on bad input.")
     run.add_argument("--candidate", action="append", metavar="NAME|MODULE:ATTR",
                      help=f"candidate to check; repeatable. Built-ins: {', '.join(BUILTIN)} (default: all built-ins); "
                           "or an import path such as mypkg.attn:MyBlock")
     run.add_argument("--case-file", action="append", metavar="PATH",
-                     help="JSON file with one case or a list of cases (default: the built-in sweep)")
+                     help="JSON file with one case or a list of cases (default: the built-in sweep); repeatable")
     run.add_argument("--checkpoint", metavar="DIR",
                      help="take each case's weights from layer case.layer of this safetensors checkpoint "
                           "(original or HF format) instead of seeded weights")
     run.add_argument("--quick", action="store_true", help="a shorter built-in sweep without full-dims cases")
     run.add_argument("--json", metavar="PATH", help="also write the verdicts as JSON")
-    run.add_argument("--max-ratio", type=float, metavar="X", help="override every stage's max-abs ratio bound")
-    run.add_argument("--rms-ratio", type=float, metavar="X", help="override every stage's RMS ratio bound")
+    run.add_argument("--report", metavar="DIR", help="also write an HTML report with pictures of every failure")
+    run.add_argument("--no-probes", action="store_true", help="skip the tolerance-free probes (faster)")
+    _bound_options(run)
     run.set_defaults(func=cmd_run)
 
     replay = sub.add_parser("replay", help="rerun a saved failure with every stage tap and print the diagnosis",
@@ -127,20 +184,24 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", metavar="FILE", help="repro file, e.g. .parity/failures/<case>--<candidate>.json")
     replay.add_argument("--candidate", action="append", metavar="NAME|MODULE:ATTR",
                         help="replay against these candidates instead of the saved one (repeatable)")
-    replay.add_argument("--max-ratio", type=float, metavar="X", help="override every stage's max-abs ratio bound")
-    replay.add_argument("--rms-ratio", type=float, metavar="X", help="override every stage's RMS ratio bound")
+    _bound_options(replay)
     replay.set_defaults(func=cmd_replay)
+
+    report = sub.add_parser("report", help="render the HTML report of saved results",
+                            description="Render DIR/index.html (offline, with pictures) from a `parity run --json` file.")
+    report.add_argument("results", metavar="RESULTS_JSON", help="file written by `parity run --json`")
+    report.add_argument("--out", metavar="DIR", default="parity-report", help="output folder (default: parity-report)")
+    report.set_defaults(func=cmd_report)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("max_ratio", "rms_ratio"):
-        value = getattr(args, name, None)
-        if value is not None and not value > 0:
-            print(f"parity: --{name.replace('_', '-')} must be positive, got {value}", file=sys.stderr)
-            return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"parity: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -53,9 +53,12 @@ def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds =
         return v
     if v.verdict == "fail" and accepts_feed(candidate):
         v.isolated_stage = isolate(candidate, expected, bounds)
-        if v.isolated_stage and v.isolated_stage != v.first_divergent_stage:
-            v.message += (f"\n  fed the oracle's inputs stage by stage, the first stage that still fails is "
-                          f"{v.isolated_stage}: the error starts there")
+        if v.isolated_stage is None:
+            v.message += ("\n  entered at each stage with the oracle's inputs, no stage fails on its own: "
+                          "the failure is error accumulated across stages")
+        elif v.isolated_stage != v.first_divergent_stage:
+            v.message += (f"\n  entered at each stage with the oracle's inputs, the error starts at "
+                          f"{v.isolated_stage} (first seen at {v.first_divergent_stage})")
             v.first_divergent_stage = v.isolated_stage
     if probes:
         run_probes(candidate, expected, result.output, v, strict_probes)
@@ -75,9 +78,13 @@ def _feedable(stage: str, t: torch.Tensor) -> torch.Tensor:
 
 
 def isolate(candidate, expected: Expected, bounds: Bounds) -> str | None:
-    """Enter the candidate at each stage with the oracle's values of every earlier stage; the first
-    stage that still fails is where the error starts, not where it was first seen."""
+    """Where does the error start? Enter the candidate at each stage X, fed the oracle's values of every
+    earlier stage. The first tapped stage that fails when entered this way is the answer. A candidate
+    that taps few stages is bracketed by its output instead: the last entry point at which the block
+    output still fails (the error starts there or just after). None: nothing fails on its own, the
+    failure is accumulated error."""
     earlier: dict[str, torch.Tensor] = {}
+    last_output_failure = None
     for stage in STAGES:
         if stage not in expected.oracle:
             continue
@@ -87,13 +94,18 @@ def isolate(candidate, expected: Expected, bounds: Bounds) -> str | None:
         except Exception:
             return None
         produced = {**out.taps, "output": out.output}
-        if stage in produced:
-            result = judge_stage_in_batch(stage, expected.batch, produced[stage], expected.reference[stage],
+        for judged in dict.fromkeys((stage, "output")):
+            if judged not in produced:
+                continue
+            result = judge_stage_in_batch(judged, expected.batch, produced[judged], expected.reference[judged],
                                           expected.oracle, bounds, expected.spec.dtype)
-            if isinstance(result, str) or (result is not None and not result.passed):
+            failed = isinstance(result, str) or (result is not None and not result.passed)
+            if failed and judged == stage:
                 return stage
+            if failed:
+                last_output_failure = stage
         earlier[stage] = _feedable(stage, expected.oracle[stage])
-    return None
+    return last_output_failure
 
 
 def run_probes(candidate, expected: Expected, baseline: torch.Tensor, v: Verdict, strict: bool) -> None:
@@ -188,6 +200,7 @@ def combine_layers(case_id: str, candidate: str, specs: list[BlockSpec], verdict
             combined.verdict = v.verdict
             combined.first_divergent_stage = f"layer {spec.layer_idx} / {v.first_divergent_stage}"
             combined.message = v.message.replace(f"case {case_id} /", f"case {case_id} / layer {spec.layer_idx} /", 1)
+            combined.maps = v.maps
     ratios = [v.worst_ratio for v in verdicts if v.worst_ratio is not None]
     combined.worst_ratio = max(ratios) if ratios else None
     return combined

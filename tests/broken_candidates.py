@@ -45,3 +45,33 @@ def transposed_output(spec, batch):
 
 def crashes(spec, batch):
     raise RuntimeError("kernel launch failed")
+
+
+class OutputOnly:
+    """A feed-capable candidate that taps nothing but its output (like most real ports)."""
+
+    def __init__(self, **bug):
+        from harness.candidates.emulation import EmulatedBlock
+
+        self.inner = EmulatedBlock(**bug)
+        self.name = "output_only:" + ",".join(f"{k}={v}" for k, v in bug.items())
+
+    def run(self, spec, batch, *, taps=False, feed=None):
+        return CandidateResult(self.inner.run(spec, batch, taps=False, feed=feed).output)
+
+
+def _leaky(spec, batch, weight_of_leak):
+    out = run_reference(spec, batch)["output"]
+    return out + weight_of_leak(batch).to(out.dtype)
+
+
+def reads_padding(spec, batch):
+    """Numerically invisible with zero padding, but valid rows read the padded slots."""
+    pad = (batch.hidden * (~batch.valid)[..., None]).float().sum(dim=1, keepdim=True)
+    return _leaky(spec, batch, lambda b: 1e-3 * pad * batch.valid[..., None])
+
+
+def peeks_ahead(spec, batch):
+    """Each row's output moves (a little) with its last token: a causality leak."""
+    last = torch.stack([batch.hidden[r, batch.slots(r)[-1]] for r in range(batch.hidden.shape[0])])[:, None].float()
+    return _leaky(spec, batch, lambda b: 2e-3 * last * batch.valid[..., None])

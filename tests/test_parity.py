@@ -13,16 +13,19 @@ from hypothesis import strategies as st
 
 from harness.candidates import load_candidate
 from harness.case import Case, curated_cases
+from harness.report import record_of
 from harness.repro import replay_command, save_failure
 from harness.runner import run_case
 from harness.strategies import cases, stack_cases
 from harness.sweep import default_cases
 
 
-def _assert_parity(case, candidate_name, candidate=None):
+def _assert_parity(case, candidate_name, options, candidate=None):
     __tracebackhide__ = True
+    bounds, strict, records = options
     candidate = candidate or load_candidate(candidate_name)
-    (verdict,) = run_case(case, [candidate])
+    (verdict,) = run_case(case, [candidate], bounds, strict_probes=strict)
+    records.append(record_of(case, verdict, bounds.for_candidate(candidate)))
     if verdict.worst_ratio is not None and currently_in_test_context():  # nightly: steer toward large ratios
         target(min(verdict.worst_ratio, 1e6), label="worst ratio")
     if not verdict.passed:
@@ -32,35 +35,35 @@ def _assert_parity(case, candidate_name, candidate=None):
 
 @pytest.mark.parity
 @given(data=st.data())
-def test_generated_cases(candidate_name, data):
+def test_generated_cases(candidate_name, parity_options, data):
     candidate = load_candidate(candidate_name)
     case = data.draw(cases(buckets=getattr(candidate, "buckets", None)), label="case")
-    _assert_parity(case, candidate_name, candidate)
+    _assert_parity(case, candidate_name, parity_options, candidate)
 
 
 @pytest.mark.parity
 @given(case=stack_cases())
-def test_generated_stacks(candidate_name, case):
-    _assert_parity(case, candidate_name)
+def test_generated_stacks(candidate_name, case, parity_options):
+    _assert_parity(case, candidate_name, parity_options)
 
 
 @pytest.mark.parity
 @pytest.mark.parametrize("case", default_cases(quick=True), ids=lambda c: c.id)
-def test_curated_sweep(candidate_name, case):
-    _assert_parity(case, candidate_name)
+def test_curated_sweep(candidate_name, case, parity_options):
+    _assert_parity(case, candidate_name, parity_options)
 
 
 @pytest.mark.parity
 @pytest.mark.parametrize("case", curated_cases(), ids=lambda c: c.id)
-def test_curated_case_files(candidate_name, case):
-    _assert_parity(case, candidate_name)
+def test_curated_case_files(candidate_name, case, parity_options):
+    _assert_parity(case, candidate_name, parity_options)
 
 
 @pytest.mark.parity
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in default_cases() if c.preset == "full"], ids=lambda c: c.id)
-def test_full_dims(candidate_name, case):
-    _assert_parity(case, candidate_name)
+def test_full_dims(candidate_name, case, parity_options):
+    _assert_parity(case, candidate_name, parity_options)
 
 
 @pytest.mark.parity

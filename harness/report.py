@@ -1,0 +1,174 @@
+"""Reports: a JSON record per checked case and an offline HTML page with pictures of each failure.
+
+A record is a verdict's dict plus its case (`records_for`). `write_report(records, DIR)` writes
+DIR/index.html, DIR/records/<case>--<candidate>.json and DIR/img/*.png (matplotlib, rendered to files;
+the page references nothing outside DIR). Used by `parity run --report DIR`, `parity report FILE`
+(saved `--json` results) and `pytest --parity-report DIR`.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from pathlib import Path
+
+from harness.repro import _safe
+from harness.stages import STAGES
+from harness.tolerances import Bounds
+
+W_DEFAULT = 128
+
+
+def record_of(case, verdict, bounds: Bounds | None = None) -> dict:
+    r = verdict.to_dict()
+    r["case"] = case.to_dict()
+    b = bounds or Bounds()
+    r["bounds"] = {s: [b.for_stage(s).max_ratio, b.for_stage(s).rms_ratio] for s in STAGES}
+    return r
+
+
+def load_records(path: str | Path) -> list[dict]:
+    """Records from a `parity run --json` file (its "cases" list)."""
+    p = Path(path)
+    try:
+        data = json.loads(p.read_text())
+    except FileNotFoundError:
+        raise ValueError(f"results file {p} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"results file {p} is not valid JSON: {exc}") from None
+    cases = data.get("cases") if isinstance(data, dict) else None
+    if not isinstance(cases, list) or not all(isinstance(c, dict) and "id" in c and "verdict" in c for c in cases):
+        raise ValueError(f"results file {p}: expected {{\"cases\": [{{id, candidate, verdict, ...}}]}} as written by `parity run --json`")
+    return cases
+
+
+def _slug(r: dict) -> str:
+    return _safe(f"{r['id']}--{r['candidate']}")
+
+
+def _plots(r: dict, img: Path) -> list[tuple[str, str]]:
+    """Render the pictures of one failing record; returns (file name, caption) pairs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    slug, out = _slug(r), []
+    case = r.get("case", {})
+    maps = r.get("maps") or {}
+
+    stages = [s for s in r.get("stages", []) if s.get("layer") in (None, (r.get("layers") or [{}])[0].get("layer"))]
+    if stages:
+        fig, ax = plt.subplots(figsize=(8, 3.2))
+        names = [s["stage"] for s in stages]
+        x = np.arange(len(names))
+        ax.bar(x - 0.2, [max(s["max_ratio"], 1e-3) for s in stages], 0.4, label="max-abs ratio")
+        ax.bar(x + 0.2, [max(s["rms_ratio"], 1e-3) for s in stages], 0.4, label="RMS ratio")
+        bounds = r.get("bounds", {})
+        for i, n in enumerate(names):
+            if n in bounds:
+                ax.plot([i - 0.4, i + 0.4], [bounds[n][0]] * 2, "k--", lw=1)
+        ax.set_yscale("log")
+        ax.set_xticks(x, names, rotation=30)
+        ax.set_ylabel("error / reference's error")
+        ax.set_title("per-stage ratio (dashes: bound)")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        name = f"{slug}-stages.png"
+        fig.savefig(img / name, dpi=90)
+        plt.close(fig)
+        out.append((name, "Per-stage error ratio against the bf16 reference; the first bar above its dash is where it breaks."))
+
+    if "attn_token_head" in maps:
+        cand = np.array(maps["attn_token_head"]["candidate"])
+        ref = np.array(maps["attn_token_head"]["reference"])
+        if cand.size:
+            vmax = max(cand.max(), ref.max(), 1e-12)
+            fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), sharey=True, constrained_layout=True)
+            for ax, data, title in ((axes[0], cand, "candidate"), (axes[1], ref, "bf16 reference")):
+                im = ax.imshow(data.T, aspect="auto", interpolation="nearest", vmin=0, vmax=vmax, cmap="magma")
+                ax.set_title(f"{title}: attention-output error", fontsize=10)
+                ax.set_xlabel("judged token (batch-row order)")
+            axes[0].set_ylabel("query head")
+            fig.colorbar(im, ax=axes, shrink=0.8)
+            name = f"{slug}-heatmap.png"
+            fig.savefig(img / name, dpi=90)
+            plt.close(fig)
+            out.append((name, "Attention-output error over token x head. A band of heads points at GQA order or sinks; a band of tokens at masks or positions."))
+
+    if "output_position" in maps:
+        pos = np.array(maps.get("positions", []))
+        cand = np.array(maps["output_position"]["candidate"])
+        ref = np.array(maps["output_position"]["reference"])
+        if pos.size:
+            fig, ax = plt.subplots(figsize=(8, 3.2))
+            ax.scatter(pos, cand, s=6, label="candidate")
+            ax.scatter(pos, ref, s=6, label="bf16 reference")
+            window = W_DEFAULT if case.get("layer", 0) % 2 == 0 else 0
+            if window:
+                for edge in (window, 2 * window):
+                    if pos.max() >= edge - 1:
+                        ax.axvline(edge - 0.5, color="k", ls="--", lw=1)
+                ax.text(window - 0.5, ax.get_ylim()[1] * 0.9, f" W={window}", fontsize=8)
+            ax.set_xlabel("position")
+            ax.set_ylabel("|output - oracle| (max over hidden)")
+            ax.set_title("block-output error against position")
+            ax.legend(fontsize=8)
+            fig.tight_layout()
+            name = f"{slug}-position.png"
+            fig.savefig(img / name, dpi=90)
+            plt.close(fig)
+            out.append((name, "Output error against position; dashes mark the window edges. Errors that start at W or 2W are window or cache bugs."))
+
+    layers = r.get("layers") or []
+    if len(layers) > 1:
+        fig, ax = plt.subplots(figsize=(6, 3))
+        ax.plot([l["layer"] for l in layers], [max(l["worst_ratio"] or 1e-3, 1e-3) for l in layers], "o-")
+        ax.set_yscale("log")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("worst ratio")
+        ax.set_title(f"per-layer error ({case.get('stack_mode', '')})")
+        fig.tight_layout()
+        name = f"{slug}-layers.png"
+        fig.savefig(img / name, dpi=90)
+        plt.close(fig)
+        out.append((name, "Worst ratio per layer of the stack."))
+    return out
+
+
+CSS = """body{font-family:sans-serif;margin:2em;color:#222}table{border-collapse:collapse}
+td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}.pass{color:#080}
+.bad{color:#b00;font-weight:bold}pre{background:#f6f6f6;padding:8px;white-space:pre-wrap;font-size:12px}
+img{max-width:100%;border:1px solid #ddd;margin:4px 0}figure{margin:0 0 1em 0}"""
+
+
+def write_report(records: list[dict], directory: str | Path) -> Path:
+    out = Path(directory)
+    (out / "img").mkdir(parents=True, exist_ok=True)
+    (out / "records").mkdir(exist_ok=True)
+    for r in records:
+        (out / "records" / f"{_slug(r)}.json").write_text(json.dumps(r, indent=2))
+    failed = [r for r in records if r["verdict"] != "pass"]
+    rows = []
+    for r in records:
+        cls = "pass" if r["verdict"] == "pass" else "bad"
+        ratio = f"{r['worst_ratio']:.3g}" if r.get("worst_ratio") is not None else "-"
+        probes = ", ".join(p["name"] for p in r.get("probes", []) if not p["passed"] and p.get("binding")) or "-"
+        link = f'<a href="#{_slug(r)}">{html.escape(r["id"])}</a>' if cls == "bad" else html.escape(r["id"])
+        rows.append(f"<tr><td>{link}</td><td>{html.escape(r['candidate'])}</td><td class={cls}>{r['verdict'].upper()}</td>"
+                    f"<td>{ratio}</td><td>{html.escape(str(r.get('first_divergent_stage') or '-'))}</td><td>{html.escape(probes)}</td></tr>")
+    sections = []
+    for r in failed:
+        figures = "".join(f'<figure><img src="img/{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
+                          for n, c in _plots(r, out / "img"))
+        sections.append(f'<h2 id="{_slug(r)}">{html.escape(r["id"])} / {html.escape(r["candidate"])}: {r["verdict"].upper()}</h2>'
+                        f"<pre>{html.escape(r.get('message', ''))}</pre>"
+                        f"<p>case: <code>{html.escape(json.dumps(r.get('case', {})))}</code></p>{figures}")
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>parity report</title><style>{CSS}</style></head><body>"
+            f"<h1>gpt-oss attention parity</h1><p>{len(records) - len(failed)} passed, {len(failed)} failed.</p>"
+            "<table><tr><th>case</th><th>candidate</th><th>verdict</th><th>worst ratio</th><th>first divergent stage</th>"
+            f"<th>failed probes</th></tr>{''.join(rows)}</table>{''.join(sections)}</body></html>")
+    index = out / "index.html"
+    index.write_text(page)
+    return index
