@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from dataclasses import asdict, dataclass, fields
 
+from harness.jsonfile import read_json
 from harness.presets import PRESETS
 from harness.weights import SCALE_REGIMES, SINK_REGIMES
 
@@ -136,12 +137,7 @@ def load_case_file(path: str | Path) -> list[Case]:
     """A JSON file holding one case object or a list of them. Errors name the file, the case index
     and the field."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"case file {p} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"case file {p} is not valid JSON: {exc}") from None
+    data = read_json(p, "case file")
     items = data if isinstance(data, list) else [data]
     return [Case.from_dict(item, source=f"{p} (case {i})") for i, item in enumerate(items)]
 

@@ -62,7 +62,8 @@ class Progress:
 
     def show(self, i: int, what: str) -> None:
         if self.on:
-            print(f"\r[{i}/{self.total}] {what[:70]:70}", end="", file=sys.stderr, flush=True)
+            count = f"[{i}/{self.total}] " if self.total else ""
+            print(f"\r{count}{what[:70]:70}", end="", file=sys.stderr, flush=True)
 
     def clear(self) -> None:
         if self.on:
@@ -149,6 +150,52 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_selftest(args) -> int:
+    from harness.mutants import BENIGN, MUTANTS
+    from harness.selftest import ABLATIONS, run_selftest
+
+    if args.list:
+        print("mutants:  " + ", ".join(MUTANTS))
+        print("benign:   " + ", ".join(BENIGN))
+        print("ablations: " + ", ".join(ABLATIONS))
+        return 0
+    for name in ("max_examples", "benign_examples"):
+        if getattr(args, name) < 1:
+            raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
+    progress = Progress(0)
+    started = time.monotonic()
+    try:
+        result = run_selftest(tuple(args.mutant or MUTANTS), tuple(args.benign or BENIGN), args.max_examples,
+                              args.benign_examples, tuple(args.without or ()), lambda what: progress.show(0, what))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    progress.clear()
+    widths = (32, 7, 9, 18, 44)
+    print(_row(("mutant", "killed", "examples", "first stage", "shrunk case"), widths))
+    for m in result.mutants:
+        shrunk = "-"
+        if m.shrunk_case:
+            c = m.shrunk_case
+            plan = {"decode": f"decode{c['decode_steps']}", "chunked": f"chunk@{c['chunk_offset']}"}.get(c["plan"], "prefill")
+            shrunk = f"layer {c['layer']}, lengths {c['lengths']}, {plan}, {c['padding']} pad, sinks {c['sinks']}"
+        print(_row((m.name, "yes" if m.killed else "NO", m.examples_to_kill or "-", m.first_divergent_stage or "-", shrunk), widths))
+    if result.benign:
+        widths = (32, 9, 13, 12)
+        print("\n" + _row(("benign variant", "examples", "false alarms", "worst ratio"), widths))
+        for b in result.benign:
+            print(_row((b.name, b.examples, b.false_alarms, f"{b.worst_ratio:.3g}"), widths))
+            for alarm in b.alarms[:3]:
+                print(f"    {alarm}")
+    summary = result.to_dict()["summary"]
+    print(f"\n{summary['killed']} of {summary['mutants']} mutants killed (median {summary['median_examples_to_kill']} "
+          f"examples to kill); {summary['false_alarms']} false alarms in {summary['benign_examples']} benign examples "
+          f"({time.monotonic() - started:.0f} s)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+        print(f"wrote {args.json}")
+    return 0 if result.ok else 1
+
+
 def _bound_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bounds", metavar="FILE", help="tolerance policy file (JSON; see harness/tolerances.py)")
     p.add_argument("--max-ratio", type=float, metavar="X", help="override every stage's max-abs ratio bound")
@@ -192,6 +239,22 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("results", metavar="RESULTS_JSON", help="file written by `parity run --json`")
     report.add_argument("--out", metavar="DIR", default="parity-report", help="output folder (default: parity-report)")
     report.set_defaults(func=cmd_report)
+
+    selftest = sub.add_parser("selftest", help="prove the harness catches every known bug class and passes benign variants",
+                              description="Run every mutant (one real bug class each) and benign variant (correct, other "
+                                          "numerics) through the case generators and comparisons. Exit 1 if a mutant "
+                                          "survives or a benign variant is flagged.")
+    selftest.add_argument("--mutant", action="append", metavar="NAME", help="only these mutants (repeatable; see --list)")
+    selftest.add_argument("--benign", action="append", metavar="NAME", help="only these benign variants (repeatable)")
+    selftest.add_argument("--max-examples", type=int, default=100, metavar="N",
+                          help="examples a mutant may survive before it counts as surviving (default 100)")
+    selftest.add_argument("--benign-examples", type=int, default=100, metavar="N",
+                          help="generated cases each benign variant is run on (default 100)")
+    selftest.add_argument("--without", action="append", metavar="ABLATION",
+                          help="remove one ingredient of the generators (see --list) to see which mutants then survive")
+    selftest.add_argument("--json", metavar="PATH", help="also write the matrix as JSON")
+    selftest.add_argument("--list", action="store_true", help="list mutants, benign variants and ablations")
+    selftest.set_defaults(func=cmd_selftest)
     return parser
 
 

@@ -12,6 +12,7 @@ import html
 import json
 from pathlib import Path
 
+from harness.jsonfile import read_json
 from harness.repro import _safe
 from harness.stages import STAGES
 from harness.tolerances import Bounds
@@ -30,12 +31,7 @@ def record_of(case, verdict, bounds: Bounds | None = None) -> dict:
 def load_records(path: str | Path) -> list[dict]:
     """Records from a `parity run --json` file (its "cases" list)."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"results file {p} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"results file {p} is not valid JSON: {exc}") from None
+    data = read_json(p, "results file")
     cases = data.get("cases") if isinstance(data, dict) else None
     if not isinstance(cases, list) or not all(isinstance(c, dict) and "id" in c and "verdict" in c for c in cases):
         raise ValueError(f"results file {p}: expected {{\"cases\": [{{id, candidate, verdict, ...}}]}} as written by `parity run --json`")
@@ -44,6 +40,14 @@ def load_records(path: str | Path) -> list[dict]:
 
 def _slug(r: dict) -> str:
     return _safe(f"{r['id']}--{r['candidate']}")
+
+
+def _save(fig, img: Path, name: str) -> str:
+    import matplotlib.pyplot as plt
+
+    fig.savefig(img / name, dpi=90)
+    plt.close(fig)
+    return name
 
 
 def _plots(r: dict, img: Path) -> list[tuple[str, str]]:
@@ -75,9 +79,7 @@ def _plots(r: dict, img: Path) -> list[tuple[str, str]]:
         ax.set_title("per-stage ratio (dashes: bound)")
         ax.legend(fontsize=8)
         fig.tight_layout()
-        name = f"{slug}-stages.png"
-        fig.savefig(img / name, dpi=90)
-        plt.close(fig)
+        name = _save(fig, img, f"{slug}-stages.png")
         out.append((name, "Per-stage error ratio against the bf16 reference; the first bar above its dash is where it breaks."))
 
     if "attn_token_head" in maps:
@@ -92,9 +94,7 @@ def _plots(r: dict, img: Path) -> list[tuple[str, str]]:
                 ax.set_xlabel("judged token (batch-row order)")
             axes[0].set_ylabel("query head")
             fig.colorbar(im, ax=axes, shrink=0.8)
-            name = f"{slug}-heatmap.png"
-            fig.savefig(img / name, dpi=90)
-            plt.close(fig)
+            name = _save(fig, img, f"{slug}-heatmap.png")
             out.append((name, "Attention-output error over token x head. A band of heads points at GQA order or sinks; a band of tokens at masks or positions."))
 
     if "output_position" in maps:
@@ -116,9 +116,7 @@ def _plots(r: dict, img: Path) -> list[tuple[str, str]]:
             ax.set_title("block-output error against position")
             ax.legend(fontsize=8)
             fig.tight_layout()
-            name = f"{slug}-position.png"
-            fig.savefig(img / name, dpi=90)
-            plt.close(fig)
+            name = _save(fig, img, f"{slug}-position.png")
             out.append((name, "Output error against position; dashes mark the window edges. Errors that start at W or 2W are window or cache bugs."))
 
     layers = r.get("layers") or []
@@ -130,9 +128,7 @@ def _plots(r: dict, img: Path) -> list[tuple[str, str]]:
         ax.set_ylabel("worst ratio")
         ax.set_title(f"per-layer error ({case.get('stack_mode', '')})")
         fig.tight_layout()
-        name = f"{slug}-layers.png"
-        fig.savefig(img / name, dpi=90)
-        plt.close(fig)
+        name = _save(fig, img, f"{slug}-layers.png")
         out.append((name, "Worst ratio per layer of the stack."))
     return out
 

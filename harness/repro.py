@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from harness.case import Case
+from harness.jsonfile import read_json
 from harness.compare import Verdict
 
 DEFAULT_DIR = ".parity/failures"
@@ -44,12 +45,7 @@ def save_failure(case: Case, candidate: str, verdict: Verdict, directory: Path |
 
 def load_failure(path: str | Path) -> tuple[Case, str]:
     p = Path(path)
-    try:
-        record = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"repro file {p} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"repro file {p} is not valid JSON: {exc}") from None
+    record = read_json(p, "repro file")
     if not isinstance(record, dict) or "case" not in record or "candidate" not in record:
         raise ValueError(f"repro file {p}: expected an object with 'case' and 'candidate' (written by a failing parity run)")
     return Case.from_dict(record["case"], source=str(p)), record["candidate"]

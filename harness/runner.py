@@ -45,13 +45,13 @@ def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch) -> Candid
 
 
 def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds = Bounds(),
-          probes: bool = True, strict_probes: bool = False) -> Verdict:
+          probes: bool = True, strict_probes: bool = False, isolation: bool = True) -> Verdict:
     bounds = bounds.for_candidate(candidate)
     result = run_candidate(candidate, expected.spec, expected.batch)
     v = _verdict(case.id, candidate, result, expected, bounds)
     if isinstance(result, str) or v.verdict in ("shape", "dtype", "error"):
         return v
-    if v.verdict == "fail" and accepts_feed(candidate):
+    if v.verdict == "fail" and isolation and accepts_feed(candidate):
         v.isolated_stage = isolate(candidate, expected, bounds)
         if v.isolated_stage is None:
             v.message += ("\n  entered at each stage with the oracle's inputs, no stage fails on its own: "
@@ -60,7 +60,7 @@ def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds =
             v.message += (f"\n  entered at each stage with the oracle's inputs, the error starts at "
                           f"{v.isolated_stage} (first seen at {v.first_divergent_stage})")
             v.first_divergent_stage = v.isolated_stage
-    if probes:
+    if probes and v.passed:  # a failing verdict needs no further evidence
         run_probes(candidate, expected, result.output, v, strict_probes)
     return v
 

@@ -44,21 +44,25 @@ LONG_LENGTHS = (2047, 2048, 4095, 4096, 4097)
 
 def lengths(max_length: int = 2 * W + 8, long: bool = True) -> st.SearchStrategy[int]:
     """Token counts: small integers (which shrink smoothly), window edges, tile edges, and with `long`
-    the YaRN original context."""
-    options = [st.integers(1, max_length), st.sampled_from(EDGE_LENGTHS), st.sampled_from(TILE_LENGTHS)]
-    if long:
-        options.append(st.sampled_from(LONG_LENGTHS))
+    the YaRN original context. Edges above max_length are left out unless max_length is the default."""
+    cap = max_length if max_length < 2 * W + 8 else 1 << 30
+    options = [st.integers(1, max_length)]
+    for edges in (EDGE_LENGTHS, TILE_LENGTHS) + ((LONG_LENGTHS,) if long else ()):
+        kept = [n for n in edges if n <= cap]
+        if kept:
+            options.append(st.sampled_from(kept))
     return st.one_of(*options)
 
 
-def layers() -> st.SearchStrategy[int]:
+def layers(parities: Sequence[int] = (0, 1)) -> st.SearchStrategy[int]:
     """Both parities; a few deeper indices so that "layer 0 only" bugs cannot hide."""
-    return st.one_of(st.sampled_from([0, 1]), st.integers(2, 23))
+    return st.one_of(st.sampled_from(list(parities)), st.integers(1, 11).map(lambda i: 2 * i + parities[0]) if len(parities) == 1
+                     else st.integers(2, 23))
 
 
-def sink_regimes() -> st.SearchStrategy[str]:
+def sink_regimes(choices: Sequence[str] = ("small", "zero", "dominant")) -> st.SearchStrategy[str]:
     """small first (the simple case), then zero (what buggy ports often load) and dominant."""
-    return st.sampled_from(["small", "zero", "dominant"])
+    return st.sampled_from(list(choices))
 
 
 def input_regimes() -> st.SearchStrategy[str]:
@@ -74,6 +78,9 @@ def cases(
     long: bool = True,
     plans: Sequence[str] = ("prefill", "decode", "chunked"),
     max_decode_steps: int = 4,
+    sinks: Sequence[str] = ("small", "zero", "dominant"),
+    parities: Sequence[int] = (0, 1),
+    max_length: int = 2 * W + 8,
 ) -> Case:
     """One block, one case. With `buckets` (padded lengths a compiled candidate accepts), every row fits
     in a drawn bucket and the batch is padded to it, so no new shape is ever asked for."""
@@ -82,8 +89,10 @@ def cases(
         edges = [n for n in EDGE_LENGTHS + TILE_LENGTHS + LONG_LENGTHS if n <= bucket]
         row_length = st.one_of(st.integers(1, min(bucket, 2 * W + 8)), st.sampled_from(edges))
     else:
-        row_length = lengths(long=long)
+        row_length = lengths(max_length, long=long)
     rows = tuple(draw(st.lists(row_length, min_size=1, max_size=max_batch)))
+    if max(rows) >= LONG_LENGTHS[0]:
+        rows = (max(rows),)  # a 2047+ token row comes alone: dense candidates hold (heads, S, S) scores
     long_rows = max(rows) > 2 * W + 8
     plan = draw(st.sampled_from(list(plans)))
     extra: dict = {}
@@ -96,11 +105,11 @@ def cases(
         plan = "prefill"
     return Case(
         preset=preset_name,
-        layer=draw(layers()),
+        layer=draw(layers(parities)),
         lengths=rows,
         padding=draw(st.sampled_from(["right", "left"])),
         plan=plan,
-        sinks=draw(sink_regimes()),
+        sinks=draw(sink_regimes(sinks)),
         scale=draw(st.sampled_from(["normal", "sharp"])),
         inputs=draw(input_regimes()),
         weight_seed=draw(st.integers(0, 2**16)),

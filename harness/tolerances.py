@@ -28,11 +28,11 @@ A candidate may also carry its own overrides as a `bounds` attribute in the "sta
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from harness.jsonfile import read_json
 from harness.stages import STAGES, check_stage_names
 
 
@@ -108,12 +108,7 @@ class Bounds:
 def load_bounds(path: str | Path, base: Bounds = Bounds()) -> Bounds:
     """Read a policy file (see the module docstring); errors name the file and the field."""
     p = Path(path)
-    try:
-        data = json.loads(p.read_text())
-    except FileNotFoundError:
-        raise ValueError(f"bounds file {p} does not exist") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"bounds file {p} is not valid JSON: {exc}") from None
+    data = read_json(p, "bounds file")
     if not isinstance(data, dict) or set(data) - {"floor_ulps", "stages", "candidates"}:
         raise ValueError(f"bounds file {p}: expected an object with keys floor_ulps, stages, candidates; found {data!r:.200}")
     out = base

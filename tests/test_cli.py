@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.candidates import BUILTIN
 from harness.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -25,7 +26,7 @@ def test_run_quick_passes_and_writes_json(tmp_path):
     assert "verdict" in r.stdout and "0 failed" in r.stdout
     data = json.loads(out.read_text())
     rows = data["cases"]
-    assert {row["candidate"] for row in rows} == {"reference", "hf", "emulation"}
+    assert {row["candidate"] for row in rows} == set(BUILTIN)
     assert all({"id", "candidate", "verdict", "worst_ratio", "first_divergent_stage"} <= set(row) for row in rows)
     assert all(row["verdict"] == "pass" for row in rows)
 

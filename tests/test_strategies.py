@@ -5,7 +5,6 @@ import json
 
 import pytest
 from hypothesis import HealthCheck, Phase, find, given, settings
-from hypothesis import strategies as st
 
 from harness.candidates.emulation import EmulatedBlock
 from harness.case import Case

@@ -175,30 +175,18 @@ class EmulatedBlock:
         k_rope = stage("k_rope", rotate(key, cos, sin))
 
         kv_of_head = torch.arange(hq) // q_mult if k.gqa == "interleave" else torch.arange(hq) % hkv
-        k_heads, v_heads = k_rope[:, :, kv_of_head], v[:, :, kv_of_head]  # [B, S, Hq, d]
-        scores = torch.einsum("bqhd,bkhd->bhqk", q_rope, k_heads)
-        scores = scores * (d**-0.5 if k.scale == "divide" else math.sqrt(d))
         sliding = {"even": spec.layer_idx % 2 == 0, "odd": spec.layer_idx % 2 == 1, "none": False}[k.window_layers]
         window = c.sliding_window + k.window_delta if sliding else 0
-        keep = visible_keys(batch.positions, batch.positions, batch.valid if k.mask_padding else torch.ones_like(batch.valid), window)
+        key_valid = batch.valid if k.mask_padding else torch.ones_like(batch.valid)
+        keep = visible_keys(batch.positions, batch.positions, key_valid, window)
         if not k.causal:
-            keep = (batch.valid if k.mask_padding else torch.ones_like(batch.valid))[:, None, :].expand(b, s, s)
-        scores = stage("scores", scores.masked_fill(~keep[:, None], -float("inf")))
-
+            keep = key_valid[:, None, :].expand(b, s, s)
         sinks = {
             "normal": w["sinks"], "zero": torch.zeros_like(w["sinks"]), "reversed": w["sinks"].flip(0),
             "per_kv": w["sinks"][:hkv][kv_of_head], "dropped": torch.full_like(w["sinks"], -float("inf")),
         }[k.sinks]
-        logits = torch.cat([scores, sinks[None, :, None, None].expand(b, hq, s, 1)], dim=-1)
-        if k.softmax == "float32":
-            probs = torch.softmax(logits.float(), dim=-1).to(dt)
-        elif k.softmax == "max_subtracted":
-            probs = torch.softmax(logits - logits.max(dim=-1, keepdim=True).values, dim=-1)
-        else:
-            probs = torch.softmax(logits, dim=-1)
-        probs = stage("probs", probs)
-
-        attn = stage("attn", torch.einsum("bhqk,bkhd->bqhd", probs[..., :-1], v_heads))
+        scale = d**-0.5 if k.scale == "divide" else math.sqrt(d)
+        attn = self.attention(q_rope, k_rope[:, :, kv_of_head], v[:, :, kv_of_head], keep, sinks, scale, stage)
         flat = attn.reshape(b, s, hq * d)
         if k.out_accumulate == "float32":
             projected = torch.nn.functional.linear(flat.float(), w["out.weight"].float(), w["out.bias"].float()).to(dt)
@@ -207,3 +195,19 @@ class EmulatedBlock:
         projected = stage("out_proj", projected)
         stage("output", x + projected if k.residual else projected)
         return out
+
+    def attention(self, q, k, v, keep, sinks, scale, stage):
+        """q, k, v [B, S, Hq, d] (k, v already mapped to query heads); keep [B, Sq, Sk]; sinks [Hq].
+        Dense: materialise scores and probabilities, as the reference does. Returns attn [B, S, Hq, d]."""
+        knobs, (b, s, hq, _) = self.knobs, q.shape
+        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+        scores = stage("scores", scores.masked_fill(~keep[:, None], -float("inf")))
+        logits = torch.cat([scores, sinks[None, :, None, None].expand(b, hq, s, 1)], dim=-1)
+        if knobs.softmax == "float32":
+            probs = torch.softmax(logits.float(), dim=-1).to(q.dtype)
+        elif knobs.softmax == "max_subtracted":
+            probs = torch.softmax(logits - logits.max(dim=-1, keepdim=True).values, dim=-1)
+        else:
+            probs = torch.softmax(logits, dim=-1)
+        probs = stage("probs", probs)
+        return stage("attn", torch.einsum("bhqk,bkhd->bqhd", probs[..., :-1], v))

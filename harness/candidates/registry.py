@@ -10,11 +10,18 @@ BUILTIN = {
     "reference": "harness.candidates.reference:ReferenceCandidate",
     "hf": "harness.candidates.hf:HFCandidate",
     "emulation": "harness.candidates.emulation:EmulatedBlock",
+    "flash": "harness.candidates.flash:FlashBlock",
 }
 
 
 def load_candidate(spec: str) -> Candidate:
-    """`spec` is a built-in name (see BUILTIN) or `package.module:attribute`."""
+    """`spec` is a built-in name (see BUILTIN), `mutant:NAME` or `benign:NAME` (the self-test's
+    variants, harness/mutants.py), or `package.module:attribute`."""
+    kind, _, variant = spec.partition(":")
+    if kind in ("mutant", "benign"):
+        from harness.mutants import variant as make_variant
+
+        return make_variant(kind, variant)
     path = BUILTIN.get(spec, spec)
     if ":" not in path:
         raise ValueError(

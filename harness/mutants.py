@@ -1,0 +1,51 @@
+"""The self-test's variants. Each mutant carries one bug class seen in real gpt-oss ports (shared
+notes/semantics.md); each benign variant is a correct implementation with other numerics. Mutants
+must be caught, benign variants must pass. To add a bug class of your own, add a knob to
+harness/candidates/emulation.py (or a candidate class) and an entry here."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from harness.candidates.emulation import EmulatedBlock
+from harness.candidates.flash import FlashBlock
+
+MUTANTS: dict[str, dict] = {
+    "no_causal_mask": {"causal": False},
+    "window_w_plus_1": {"window_delta": 1},
+    "window_w_minus_1": {"window_delta": -1},
+    "window_on_odd_layers": {"window_layers": "odd"},
+    "no_window": {"window_layers": "none"},
+    "sinks_dropped": {"sinks": "dropped"},
+    "sinks_zeroed": {"sinks": "zero"},
+    "sinks_wrong_head_order": {"sinks": "reversed"},
+    "sinks_per_kv_head": {"sinks": "per_kv"},
+    "gqa_tile_not_interleave": {"gqa": "tile"},
+    "plain_rope_not_yarn": {"rope": "plain"},
+    "yarn_concentration_missing": {"rope": "no_concentration"},
+    "decode_positions_ignored": {"positions": "step"},
+    "qkv_split_order_swapped": {"qkv_order": "kqv"},
+    "norm_skipped": {"norm": False},
+    "residual_missing": {"residual": False},
+    "batch_flattened": {"flatten_batch": True},
+    "padding_not_masked": {"mask_padding": False},
+    "softmax_scale_multiplied": {"scale": "multiply"},
+}
+
+BENIGN: dict[str, Callable[[], object]] = {
+    "softmax_float32": lambda: EmulatedBlock(name="benign:softmax_float32", softmax="float32"),
+    "row_max_subtracted_bf16": lambda: EmulatedBlock(name="benign:row_max_subtracted_bf16", softmax="max_subtracted"),
+    "separate_qkv_matmuls": lambda: EmulatedBlock(name="benign:separate_qkv_matmuls", projections="separate"),
+    "flash_tiles_online_softmax": lambda: FlashBlock(name="benign:flash_tiles_online_softmax"),
+    "out_projection_fp32_accumulate": lambda: EmulatedBlock(name="benign:out_projection_fp32_accumulate", out_accumulate="float32"),
+}
+
+
+def variant(kind: str, name: str):
+    """A fresh candidate for `mutant:NAME` or `benign:NAME`."""
+    table = MUTANTS if kind == "mutant" else BENIGN
+    if name not in table:
+        raise ValueError(f"unknown {kind} {name!r}; {kind}s are: {', '.join(table)}")
+    if kind == "mutant":
+        return EmulatedBlock(name=f"mutant:{name}", **MUTANTS[name])
+    return BENIGN[name]()

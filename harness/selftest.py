@@ -1,0 +1,229 @@
+"""The self-test: every mutant (one real bug class each) must be caught, every benign variant (a
+correct implementation with other numerics) must pass, through the same case generators and the
+same comparisons a user gets (harness/strategies.py, harness/runner.py).
+
+Cases are drawn once from the generators (derandomised, as under the `ci` profile) and shared: every
+mutant meets the same sequence, so "examples to kill" is comparable, and each case's oracle and
+reference are computed once. A killed mutant's failing case is shrunk greedily over the case's fields
+(fewer and shorter rows, plain prefill, right padding, simple regimes, seed 0) and the shrunk case is
+diagnosed. Hypothesis's own shrinking serves the pytest runs; here it would keep exploring after the
+first failure at 50 s a mutant. Benign variants run over the first `benign_examples` drawn cases.
+Ablations remove one ingredient of the generators, to show that each earns its place: without it,
+some mutant survives.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field, replace
+
+from hypothesis import HealthCheck, given, settings
+
+from harness.case import Case
+from harness.mutants import BENIGN, MUTANTS, variant
+from harness.runner import Expected, expected_for, judge
+from harness.strategies import W, cases
+
+# Each ablation: the generator arguments that remove one ingredient, and the mutants it should let live.
+ABLATIONS: dict[str, tuple[dict, tuple[str, ...]]] = {
+    "decode_and_chunked_plans": ({"plans": ("prefill",)}, ("decode_positions_ignored",)),
+    "nonzero_sinks": ({"sinks": ("zero",)}, ("sinks_zeroed", "sinks_wrong_head_order", "sinks_per_kv_head")),
+    "batches_with_padding": ({"max_batch": 1}, ("padding_not_masked", "batch_flattened")),
+    "rows_past_the_window": ({"max_length": W, "long": False}, ("window_w_plus_1", "no_window", "window_on_odd_layers")),
+    "sliding_layers": ({"parities": (1,)}, ("no_window", "window_w_plus_1", "window_w_minus_1")),
+}
+
+
+@dataclass
+class MutantResult:
+    name: str
+    killed: bool
+    examples_to_kill: int | None
+    shrunk_case: dict | None = None
+    first_divergent_stage: str | None = None
+    message: str = ""
+
+
+@dataclass
+class BenignResult:
+    name: str
+    examples: int
+    false_alarms: int
+    worst_ratio: float = 0.0
+    alarms: list[str] = field(default_factory=list)
+
+
+@dataclass
+class SelftestResult:
+    mutants: list[MutantResult]
+    benign: list[BenignResult]
+
+    @property
+    def ok(self) -> bool:
+        return all(m.killed for m in self.mutants) and not any(b.false_alarms for b in self.benign)
+
+    def to_dict(self) -> dict:
+        kills = [m.examples_to_kill for m in self.mutants if m.killed]
+        return {
+            "mutants": [asdict(m) for m in self.mutants],
+            "benign": [asdict(b) for b in self.benign],
+            "summary": {
+                "mutants": len(self.mutants),
+                "killed": len(kills),
+                "median_examples_to_kill": statistics.median(kills) if kills else None,
+                "benign_examples": sum(b.examples for b in self.benign),
+                "false_alarms": sum(b.false_alarms for b in self.benign),
+                "ok": self.ok,
+            },
+        }
+
+
+class ExpectedCache:
+    """Oracle and reference tensors per case: mutants and benign variants meet the same cases."""
+
+    def __init__(self, size: int = 24):
+        self.size, self.items = size, OrderedDict()
+
+    def get(self, case: Case) -> Expected:
+        if case in self.items:
+            self.items.move_to_end(case)
+        else:
+            self.items[case] = expected_for(case)
+            if len(self.items) > self.size:
+                self.items.popitem(last=False)
+        return self.items[case]
+
+
+def _search_settings(max_examples: int) -> settings:
+    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=None, report_multiple_bugs=False,
+                    suppress_health_check=list(HealthCheck))
+
+
+def simpler(case: Case):
+    """Simpler neighbours of a case, simplest first: fewer rows, plain prefill, right padding, shorter
+    rows, layer parity 0/1, simple regimes, seed 0. Invalid combinations are skipped."""
+    def variants():
+        if case.batch_size > 1:
+            for n in sorted(set(case.lengths)):
+                yield {"lengths": (n,), "pad_to": 0}
+            yield {"lengths": case.lengths[:-1], "pad_to": 0}
+        yield {"plan": "prefill", "decode_steps": 0, "chunk_offset": 0}
+        yield {"padding": "right"}
+        yield {"layer": case.layer % 2}
+        for field_name, simple in (("sinks", "small"), ("scale", "normal"), ("inputs", "normal"),
+                                   ("weight_seed", 0), ("input_seed", 0), ("pad_to", 0)):
+            yield {field_name: simple}
+        if case.plan == "decode":
+            yield {"decode_steps": 1}
+        if case.plan == "chunked":
+            yield {"chunk_offset": 1}
+            yield {"chunk_offset": case.chunk_offset // 2}
+        for i, n in enumerate(case.lengths):
+            for shorter in (1, n // 2, (3 * n) // 4, n - 8, n - 1):
+                if 0 < shorter < n:
+                    yield {"lengths": case.lengths[:i] + (shorter,) + case.lengths[i + 1 :]}
+        if case.compare_last and max(case.lengths) <= 2 * W + 8:
+            yield {"compare_last": 0}
+
+    for change in variants():
+        try:
+            c = replace(case, **change)
+        except ValueError:
+            continue
+        if c != case:
+            yield c
+
+
+def shrink(case: Case, fails, budget: int = 200) -> Case:
+    """Greedy: move to the first simpler neighbour that still fails, until none does."""
+    while budget > 0:
+        for c in simpler(case):
+            budget -= 1
+            if fails(c):
+                case = c
+                break
+            if budget <= 0:
+                break
+        else:
+            return case
+    return case
+
+
+def hunt(name: str, drawn: list[Case], cache: "ExpectedCache") -> MutantResult:
+    """Run the drawn cases in order until the mutant fails, then shrink that case and diagnose it."""
+    candidate = variant("mutant", name)
+
+    def fails(case: Case) -> bool:
+        return not judge(case, candidate, cache.get(case), isolation=False).passed
+
+    for i, case in enumerate(drawn, 1):
+        if fails(case):
+            small = shrink(case, fails)
+            final = judge(small, candidate, cache.get(small))
+            return MutantResult(name, True, i, small.to_dict(), final.first_divergent_stage, final.message)
+    return MutantResult(name, False, None, message=f"survived {len(drawn)} examples")
+
+
+def draw_cases(strategy, n: int) -> list[Case]:
+    drawn: list[Case] = []
+
+    @_search_settings(n)
+    @given(strategy)
+    def collect(case):
+        drawn.append(case)
+
+    collect()
+    return drawn
+
+
+def run_benign(names, drawn: list[Case], cache: ExpectedCache, progress=None) -> list[BenignResult]:
+    results = {name: BenignResult(name, 0, 0) for name in names}
+    candidates = {name: variant("benign", name) for name in names}
+    for i, case in enumerate(drawn, 1):
+        if progress:
+            progress(f"benign {i}/{len(drawn)}")
+        expected = cache.get(case)
+        for name, candidate in candidates.items():
+            v = judge(case, candidate, expected, isolation=False)
+            r = results[name]
+            r.examples += 1
+            r.worst_ratio = max(r.worst_ratio, v.worst_ratio or 0.0)
+            if not v.passed:
+                r.false_alarms += 1
+                r.alarms.append(f"{case.id}: {v.message.splitlines()[0] if v.message else v.verdict}")
+    return list(results.values())
+
+
+def run_selftest(
+    mutants=tuple(MUTANTS),
+    benign=tuple(BENIGN),
+    max_examples: int = 100,
+    benign_examples: int = 100,
+    without: tuple[str, ...] = (),
+    progress=None,
+) -> SelftestResult:
+    """`without`: ablation names (ABLATIONS) whose ingredient is removed from the generators."""
+    # Rows of 2047-4097 tokens cost seconds per dense candidate run and no bug class here needs them;
+    # `pytest -m parity` still draws them (harness/strategies.py: long=True).
+    kwargs: dict = {"long": False}
+    for name in without:
+        if name not in ABLATIONS:
+            raise ValueError(f"unknown ablation {name!r}; ablations are: {', '.join(ABLATIONS)}")
+        kwargs.update(ABLATIONS[name][0])
+    for name in mutants:
+        if name not in MUTANTS:
+            raise ValueError(f"unknown mutant {name!r}; mutants are: {', '.join(MUTANTS)}")
+    for name in benign:
+        if name not in BENIGN:
+            raise ValueError(f"unknown benign variant {name!r}; benign variants are: {', '.join(BENIGN)}")
+    # One derandomised draw shared by every mutant and benign variant: each case's oracle and reference
+    # are computed once, and "examples to kill" counts the same sequence for every mutant.
+    drawn = draw_cases(cases(**kwargs), max(max_examples, benign_examples))
+    cache = ExpectedCache()
+    found = []
+    for i, name in enumerate(mutants, 1):
+        if progress:
+            progress(f"mutant {i}/{len(mutants)} {name}")
+        found.append(hunt(name, drawn[:max_examples], cache))
+    return SelftestResult(found, run_benign(benign, drawn[:benign_examples], cache, progress) if benign else [])
