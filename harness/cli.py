@@ -76,7 +76,7 @@ def cmd_run(args) -> int:
     specs = dict(zip((c.name for c in candidates), names))
     bounds = _bounds(args)
     cases = [c for f in args.case_file for c in load_case_file(f)] if args.case_file else default_cases(args.quick)
-    widths = (44, 12, 10, 12, 20)
+    widths = (44, max(9, *(len(c.name) for c in candidates)), 9, 11, 20)
     print(_row(("case", "candidate", "verdict", "worst ratio", "first failing stage"), widths))
     pairs: list[tuple[Case, Verdict]] = []
     started = time.monotonic()
