@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 
 from harness.jsonfile import read_json
-from harness.repro import _safe
+from harness.repro import safe_name
 from harness.stages import STAGES
 from harness.tolerances import Bounds
 
@@ -39,7 +39,7 @@ def load_records(path: str | Path) -> list[dict]:
 
 
 def _slug(r: dict) -> str:
-    return _safe(f"{r['id']}--{r['candidate']}")
+    return safe_name(f"{r['id']}--{r['candidate']}")
 
 
 def _save(fig, img: Path, name: str) -> str:

@@ -20,7 +20,7 @@ def failures_dir() -> Path:
     return Path(os.environ.get("PARITY_FAILURES_DIR", DEFAULT_DIR))
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name)
 
 
@@ -28,7 +28,7 @@ def save_failure(case: Case, candidate: str, verdict: Verdict, directory: Path |
     """Write {case, candidate, verdict summary}; atomic, so a crash never leaves half a file."""
     directory = Path(directory or failures_dir())
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{_safe(case.id)}--{_safe(candidate)}.json"
+    path = directory / f"{safe_name(case.id)}--{safe_name(candidate)}.json"
     record = {
         "case": case.to_dict(),
         "candidate": candidate,
