@@ -7,12 +7,12 @@ import json
 import os
 import sys
 import time
-from pathlib import Path
 
 from harness import case as case_module
 from harness.candidates import BUILTIN, load_candidate
 from harness.case import Case
 from harness.compare import Verdict
+from harness.jsonfile import write_json
 from harness.report import load_records, record_of, write_report
 from harness.repro import load_failure, replay_command, save_failure
 from harness.runner import run_case
@@ -103,7 +103,7 @@ def cmd_run(args) -> int:
     by_name = {c.name: c for c in candidates}
     records = [record_of(c, v, bounds.for_candidate(by_name[v.candidate])) for c, v in pairs]
     if args.json:
-        Path(args.json).write_text(json.dumps({"cases": records, "summary": {"checks": len(pairs), "failed": len(failed)}}, indent=2))
+        write_json(args.json, {"cases": records, "summary": {"checks": len(pairs), "failed": len(failed)}})
         print(f"wrote {args.json}")
     if args.report:
         print(f"wrote {write_report(records, args.report)}")
@@ -191,7 +191,7 @@ def cmd_selftest(args) -> int:
           f"examples to kill); {summary['false_alarms']} false alarms in {summary['benign_examples']} benign examples "
           f"({time.monotonic() - started:.0f} s)")
     if args.json:
-        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2))
+        write_json(args.json, result.to_dict())
         print(f"wrote {args.json}")
     return 0 if result.ok else 1
 

@@ -18,9 +18,6 @@ from harness.metrics import UNIT_ROUNDOFF, Errors, beyond_fraction, judged_posit
 from harness.stages import STAGES
 from harness.tolerances import Bound, Bounds  # noqa: F401  (re-exported)
 
-VERDICTS = ("pass", "fail", "nonfinite", "shape", "dtype", "error")
-
-
 @dataclass
 class StageResult:
     """One stage's errors against the oracle, for the candidate and the bf16 reference. The policy
@@ -58,7 +55,7 @@ class StageResult:
 class Verdict:
     case_id: str
     candidate: str
-    verdict: str
+    verdict: str  # pass, fail, nonfinite, shape, dtype or error
     worst_ratio: float | None = None
     first_divergent_stage: str | None = None
     stages: list[StageResult] = field(default_factory=list)

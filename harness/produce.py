@@ -59,7 +59,7 @@ def run_reference(spec: BlockSpec, batch: Batch, taps: bool = False) -> dict[str
             "(about 6.6 GiB). Use shorter rows, or fewer heads"
         )
     block = reference_block(spec)
-    score_taps = taps and score_taps_fit(*batch.valid.shape[:1], spec.config.num_attention_heads, batch.valid.shape[1])
+    score_taps = taps and score_taps_fit(batch.valid.shape[0], spec.config.num_attention_heads, batch.valid.shape[1])
     out = _empty_like_batch(batch, spec, spec.dtype, score_taps) if taps else {
         "output": torch.full(batch.hidden.shape, float("nan"), dtype=spec.dtype)
     }

@@ -12,7 +12,7 @@ import html
 import json
 from pathlib import Path
 
-from harness.jsonfile import read_json
+from harness.jsonfile import read_json, write_json
 from harness.repro import safe_name
 from harness.stages import STAGES
 from harness.tolerances import Bounds
@@ -144,7 +144,7 @@ def write_report(records: list[dict], directory: str | Path) -> Path:
     (out / "img").mkdir(parents=True, exist_ok=True)
     (out / "records").mkdir(exist_ok=True)
     for r in records:
-        (out / "records" / f"{_slug(r)}.json").write_text(json.dumps(r, indent=2))
+        write_json(out / "records" / f"{_slug(r)}.json", r)
     failed = [r for r in records if r["verdict"] != "pass"]
     rows = []
     for r in records:

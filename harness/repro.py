@@ -3,13 +3,11 @@ and `parity replay FILE` reruns exactly that case (the same tensors, rebuilt fro
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 
 from harness.case import Case
-from harness.jsonfile import read_json
+from harness.jsonfile import read_json, write_json
 from harness.compare import Verdict
 
 DEFAULT_DIR = ".parity/failures"
@@ -36,11 +34,7 @@ def save_failure(case: Case, candidate: str, verdict: Verdict, directory: Path |
         "first_divergent_stage": verdict.first_divergent_stage,
         "worst_ratio": verdict.worst_ratio,
     }
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".json")
-    with os.fdopen(fd, "w") as f:
-        json.dump(record, f, indent=2)
-    os.replace(tmp, path)
-    return path
+    return write_json(path, record)
 
 
 def load_failure(path: str | Path) -> tuple[Case, str]:

@@ -17,8 +17,6 @@ A candidate may return any subset; "output" is required.
 from __future__ import annotations
 
 STAGES = ("normed", "q", "k", "v", "q_rope", "k_rope", "scores", "probs", "attn", "out_proj", "output")
-TOKEN_STAGES = tuple(s for s in STAGES if s not in ("scores", "probs"))
-SCORE_STAGES = ("scores", "probs")
 
 # Score taps are (B * Hq * S * S) large; beyond this many elements they are not produced.
 SCORE_TAP_LIMIT = 1 << 24

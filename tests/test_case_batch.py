@@ -66,3 +66,16 @@ def test_case_files(tmp_path):
         load_case_file(tmp_path / "a.json")
     with pytest.raises(ValueError, match="does not exist"):
         load_case_file(tmp_path / "missing.json")
+
+
+def test_json_writes_are_atomic(tmp_path):
+    from harness.jsonfile import read_json, write_json
+
+    f = write_json(tmp_path / "out.json", {"ok": 1})
+    with pytest.raises(TypeError):
+        write_json(f, {"bad": object()})  # fails half-way through serialising
+    assert read_json(f, "results file") == {"ok": 1}
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    (tmp_path / "d.json").mkdir()
+    with pytest.raises(ValueError, match="is a directory"):
+        read_json(tmp_path / "d.json", "case file")
