@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 
 from harness import case as case_module
 from harness.candidates import BUILTIN, load_candidate
 from harness.case import Case
+from harness.cli_goldens import add_parser as add_goldens_parser
 from harness.compare import Verdict
+from harness.console import Progress, UsageError, row
+from harness.expected import compute_expected
+from harness.goldens import GoldenSource, GoldenStore
 from harness.jsonfile import write_json
 from harness.report import load_records, record_of, write_report
 from harness.repro import load_failure, replay_command, save_failure
@@ -20,19 +23,11 @@ from harness.sweep import default_cases
 from harness.tolerances import Bounds, load_bounds
 
 
-class UsageError(Exception):
-    """A bad argument or input file: printed as one line, exit status 2."""
-
-
 def load_case_file(path: str) -> list[Case]:
     try:
         return case_module.load_case_file(path)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-
-
-def _row(cols, widths):
-    return "  ".join(str(c).ljust(w) for c, w in zip(cols, widths))
 
 
 def _bounds(args) -> Bounds:
@@ -54,20 +49,14 @@ def _candidates(names: list[str]):
         raise UsageError(str(exc)) from None
 
 
-class Progress:
-    """A one-line counter on a terminal's stderr; silent under CI or when redirected."""
-
-    def __init__(self, total: int):
-        self.total, self.on = total, sys.stderr.isatty() and not os.environ.get("CI")
-
-    def show(self, i: int, what: str) -> None:
-        if self.on:
-            count = f"[{i}/{self.total}] " if self.total else ""
-            print(f"\r{count}{what[:70]:70}", end="", file=sys.stderr, flush=True)
-
-    def clear(self) -> None:
-        if self.on:
-            print("\r" + " " * 80 + "\r", end="", file=sys.stderr, flush=True)
+def expected_source(args, case_files: dict[str, str]):
+    """Where a run's expected tensors come from: computed (default), or the golden stores."""
+    if not (args.goldens or args.no_reference):
+        return compute_expected
+    if args.checkpoint:
+        raise UsageError("--goldens and --no-reference use goldens of seeded weights; leave them out with --checkpoint")
+    stores = [GoldenStore.committed(), GoldenStore.cache()]
+    return GoldenSource(stores, cache=stores[1], compute=not args.no_reference, case_files=case_files)
 
 
 def cmd_run(args) -> int:
@@ -75,9 +64,18 @@ def cmd_run(args) -> int:
     candidates = _candidates(names)
     specs = dict(zip((c.name for c in candidates), names))
     bounds = _bounds(args)
-    cases = [c for f in args.case_file for c in load_case_file(f)] if args.case_file else default_cases(args.quick)
+    case_files = {}
+    if args.case_file:
+        cases = []
+        for f in args.case_file:
+            loaded = load_case_file(f)
+            case_files.update((c.id, f) for c in loaded)
+            cases += loaded
+    else:
+        cases = default_cases(args.quick)
+    expected = expected_source(args, case_files)
     widths = (44, max(9, *(len(c.name) for c in candidates)), 9, 11, 20)
-    print(_row(("case", "candidate", "verdict", "worst ratio", "first failing stage"), widths))
+    print(row(("case", "candidate", "verdict", "worst ratio", "first failing stage"), widths))
     pairs: list[tuple[Case, Verdict]] = []
     started = time.monotonic()
     progress = Progress(len(cases))
@@ -85,7 +83,7 @@ def cmd_run(args) -> int:
         progress.show(i, case.id)
         try:
             verdicts = run_case(case, candidates, bounds, args.checkpoint, probes=not args.no_probes,
-                                strict_probes=args.strict_probes)
+                                strict_probes=args.strict_probes, expected=expected)
         except (OSError, KeyError, ValueError) as exc:  # unreadable checkpoint, missing layer, bad dims
             progress.clear()
             raise UsageError(f"case {case.id}: {exc}") from None
@@ -93,13 +91,16 @@ def cmd_run(args) -> int:
         for v in verdicts:
             pairs.append((case, v))
             ratio = f"{v.worst_ratio:.3g}" if v.worst_ratio is not None else "-"
-            print(_row((v.case_id, v.candidate, v.verdict.upper(), ratio, v.first_divergent_stage if not v.passed else "-"), widths), flush=True)
+            print(row((v.case_id, v.candidate, v.verdict.upper(), ratio, v.first_divergent_stage if not v.passed else "-"), widths), flush=True)
     failed = [(c, v) for c, v in pairs if not v.passed]
     for case, v in failed:
         path = save_failure(case, specs[v.candidate], v)
         print(f"\n{v.verdict.upper()}: {v.message}\n  replay: {replay_command(path)}")
     print(f"\n{len(pairs) - len(failed)} checks passed, {len(failed)} failed "
           f"({len(cases)} cases x {len(candidates)} candidates, {time.monotonic() - started:.1f} s)")
+    if isinstance(expected, GoldenSource):
+        print(f"expected tensors: {expected.loaded} case(s) from goldens, {expected.computed} computed"
+              + (f" and cached in {expected.cache.root}" if expected.computed else ""))
     by_name = {c.name: c for c in candidates}
     records = [record_of(c, v, bounds.for_candidate(by_name[v.candidate])) for c, v in pairs]
     if args.json:
@@ -133,9 +134,9 @@ def cmd_replay(args) -> int:
 def stage_table(v: Verdict) -> str:
     widths = (6, 9, 10, 10, 8, 10, 10, 8, 9, 8, 5)
     head = ("layer", "stage", "cand max", "ref max", "ratio", "cand rms", "ref rms", "ratio", "cosine", "beyond", "ok")
-    lines = [_row(head, widths)]
+    lines = [row(head, widths)]
     for s in v.stages:
-        lines.append(_row(("-" if s.layer is None else s.layer, s.stage, f"{s.cand_max:.3g}", f"{s.ref_max:.3g}",
+        lines.append(row(("-" if s.layer is None else s.layer, s.stage, f"{s.cand_max:.3g}", f"{s.ref_max:.3g}",
                            f"{s.max_ratio:.3g}", f"{s.cand_rms:.3g}", f"{s.ref_rms:.3g}", f"{s.rms_ratio:.3g}",
                            f"{s.cand_cosine:.6f}", f"{s.beyond:.1%}", "yes" if s.passed else "NO"), widths))
     return "\n".join(lines)
@@ -171,19 +172,19 @@ def cmd_selftest(args) -> int:
         raise UsageError(str(exc)) from None
     progress.clear()
     widths = (32, 7, 9, 18, 44)
-    print(_row(("mutant", "killed", "examples", "first stage", "shrunk case"), widths))
+    print(row(("mutant", "killed", "examples", "first stage", "shrunk case"), widths))
     for m in result.mutants:
         shrunk = "-"
         if m.shrunk_case:
             c = m.shrunk_case
             plan = {"decode": f"decode{c['decode_steps']}", "chunked": f"chunk@{c['chunk_offset']}"}.get(c["plan"], "prefill")
             shrunk = f"layer {c['layer']}, lengths {c['lengths']}, {plan}, {c['padding']} pad, sinks {c['sinks']}"
-        print(_row((m.name, "yes" if m.killed else "NO", m.examples_to_kill or "-", m.first_divergent_stage or "-", shrunk), widths))
+        print(row((m.name, "yes" if m.killed else "NO", m.examples_to_kill or "-", m.first_divergent_stage or "-", shrunk), widths))
     if result.benign:
         widths = (32, 9, 13, 12)
-        print("\n" + _row(("benign variant", "examples", "false alarms", "worst ratio"), widths))
+        print("\n" + row(("benign variant", "examples", "false alarms", "worst ratio"), widths))
         for b in result.benign:
-            print(_row((b.name, b.examples, b.false_alarms, f"{b.worst_ratio:.3g}"), widths))
+            print(row((b.name, b.examples, b.false_alarms, f"{b.worst_ratio:.3g}"), widths))
             for alarm in b.alarms[:3]:
                 print(f"    {alarm}")
     summary = result.to_dict()["summary"]
@@ -222,6 +223,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="PATH", help="also write the verdicts as JSON")
     run.add_argument("--report", metavar="DIR", help="also write an HTML report with pictures of every failure")
     run.add_argument("--no-probes", action="store_true", help="skip the tolerance-free probes (faster)")
+    run.add_argument("--goldens", action="store_true",
+                     help="take expected tensors from the golden stores (committed, then the local cache); cases "
+                          "without a golden are computed and cached")
+    run.add_argument("--no-reference", action="store_true",
+                     help="never run the CPU reference or oracle: every case must have a golden (device runners)")
     _bound_options(run)
     run.set_defaults(func=cmd_run)
 
@@ -255,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--json", metavar="PATH", help="also write the matrix as JSON")
     selftest.add_argument("--list", action="store_true", help="list mutants, benign variants and ablations")
     selftest.set_defaults(func=cmd_selftest)
+
+    add_goldens_parser(sub)
     return parser
 
 

@@ -5,34 +5,18 @@ from __future__ import annotations
 
 import inspect
 import traceback
-from dataclasses import dataclass
 
 import torch
 
-from harness.batch import Batch, BlockSpec, build, layer_specs, make_batch
+from harness.batch import Batch, BlockSpec
 from harness.candidates import Candidate, CandidateResult, normalise_result
 from harness.case import Case
 from harness.compare import Bounds, Verdict, compare, judge_stage_in_batch
+from harness.expected import Expected, ExpectedFn, compute_expected, expected_for, next_input, produce_expected
 from harness.probes import BINDING, STRICT, build_probes, judge_probe
-from harness.produce import run_oracle, run_reference
 from harness.stages import STAGES
 
-
-@dataclass
-class Expected:
-    spec: BlockSpec
-    batch: Batch
-    oracle: dict[str, torch.Tensor]
-    reference: dict[str, torch.Tensor]
-
-
-def expected_for(case: Case, checkpoint: str | None = None) -> Expected:
-    spec, batch = build(case, checkpoint)
-    return produce_expected(spec, batch)
-
-
-def produce_expected(spec: BlockSpec, batch: Batch) -> Expected:
-    return Expected(spec, batch, run_oracle(spec, batch, taps=True), run_reference(spec, batch, taps=True))
+__all__ = ["Expected", "expected_for", "produce_expected", "judge", "run_case", "run_stack"]
 
 
 def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch) -> CandidateResult | str:
@@ -138,52 +122,37 @@ def run_case(
     checkpoint: str | None = None,
     probes: bool = True,
     strict_probes: bool = False,
+    expected: ExpectedFn = compute_expected,
 ) -> list[Verdict]:
+    """Every candidate's verdict on one case. `expected` supplies the oracle's and the reference's
+    tensors: computed by default, or from the golden store (harness/goldens.py)."""
+    layers = expected(case, checkpoint)
     if case.depth > 1:
-        return run_stack(case, candidates, bounds, checkpoint)
-    expected = expected_for(case, checkpoint)
-    return [judge(case, c, expected, bounds, probes, strict_probes) for c in candidates]
+        return run_stack(case, candidates, bounds, layers)
+    return [judge(case, c, layers[0], bounds, probes, strict_probes) for c in candidates]
 
 
-def _next_input(output: torch.Tensor, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
-    """A layer's output as the next layer's input: padding back to zeros (producers leave NaN there)."""
-    return torch.where(batch.valid[..., None], output, torch.zeros((), dtype=output.dtype)).to(dtype)
-
-
-def run_stack(case: Case, candidates: list[Candidate], bounds: Bounds, checkpoint: str | None = None) -> list[Verdict]:
-    specs = layer_specs(case, checkpoint)
-    batch = make_batch(case, specs[0])
-    dtype = specs[0].dtype
+def run_stack(case: Case, candidates: list[Candidate], bounds: Bounds, layers: list[Expected]) -> list[Verdict]:
+    """Judge a stack layer by layer. Teacher mode: every candidate gets each layer's shared input.
+    Free mode: each candidate gets its own previous output; a candidate that crashed or produced
+    nothing usable is not run on later layers."""
     per_layer: dict[str, list[Verdict]] = {c.name: [] for c in candidates}
-    teacher = case.stack_mode == "teacher"
-    oracle_in = ref_in = batch.hidden
-    cand_in = {c.name: batch.hidden for c in candidates}
+    cand_in = {c.name: layers[0].batch.hidden for c in candidates}
     alive = {c.name: True for c in candidates}
-    for spec in specs:
-        if teacher:  # everyone gets the oracle's previous output, rounded to the model dtype
-            shared = produce_expected(spec, batch.with_hidden(ref_in))
-        else:
-            oracle = run_oracle(spec, batch.with_hidden(oracle_in), taps=True)
-            reference = run_reference(spec, batch.with_hidden(ref_in), taps=True)
+    for layer in layers:
         for c in candidates:
             if not alive[c.name]:
                 continue
-            if teacher:
-                expected = shared
-            else:
-                expected = Expected(spec, batch.with_hidden(cand_in[c.name]), oracle, reference)
-            result = run_candidate(c, spec, expected.batch)
-            v = _verdict(case.id, c, result, expected, bounds.for_candidate(c))
+            e = layer if case.stack_mode == "teacher" else Expected(
+                layer.spec, layer.batch.with_hidden(cand_in[c.name]), layer.oracle, layer.reference)
+            result = run_candidate(c, e.spec, e.batch)
+            v = _verdict(case.id, c, result, e, bounds.for_candidate(c))
             per_layer[c.name].append(v)
             if isinstance(result, str) or v.verdict in ("shape", "dtype", "nonfinite"):
                 alive[c.name] = False  # nothing sensible to feed the next layer
             else:
-                cand_in[c.name] = _next_input(result.output, batch, dtype)
-        if teacher:
-            ref_in = _next_input(shared.oracle["output"], batch, dtype)
-        else:
-            oracle_in = _next_input(oracle["output"], batch, torch.float64)
-            ref_in = _next_input(reference["output"], batch, dtype)
+                cand_in[c.name] = next_input(result.output, e.batch, e.spec.dtype)
+    specs = [layer.spec for layer in layers]
     return [combine_layers(case.id, c.name, specs, per_layer[c.name]) for c in candidates]
 
 

@@ -1,0 +1,229 @@
+"""What a golden holds and how it is laid out: the tensors of a case's expected layers, flattened into
+named tensors for one safetensors file, and back.
+
+Stored (names are "layer{i}.{producer}.{stage}" and "inputs.hidden"):
+- inputs.hidden: the batch's input [B, S, hidden] in the case's dtype (layer{i}.inputs.hidden for the
+  later layers of a teacher-forced stack, whose input is the oracle's previous output).
+- reference tensors in the case's dtype (bfloat16 or float32), exactly as the reference produced them.
+- oracle tensors in float32 for bfloat16 cases (the rounding, 2^-24 relative, is 1/65536 of a bf16
+  ulp and far below any bound) and in float64 for float32 cases (stored as computed).
+Only the judged rows (batch.compare) are stored, [N, ...] for per-token stages and [N, Hq, keys + 1]
+for probs; everything else is rebuilt as the producers leave it (NaN, 0 for masked probabilities).
+The scores stage is not stored: the probabilities carry the same mask information (a masked key must
+get exactly 0) at half the size, so goldens judge masks at the probs stage. Probability taps larger
+than SCORE_TAP_LIMIT elements are left out too, as the producers leave them out of dense runs that
+are too large; a golden then judges every other stage.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import harness.produce
+import reference.gpt_oss
+import reference.oracle
+from harness.batch import Batch
+from harness.expected import Expected
+
+FORMAT = "gpt-oss-parity golden"
+VERSION = 1
+# Elements of one stored probs tensor; larger ones are left out of the golden.
+SCORE_TAP_LIMIT = 1 << 18
+NOT_STORED = ("scores",)
+# The code whose output a golden holds. Its fingerprint ignores comments, docstrings and layout.
+FINGERPRINTED = (reference.gpt_oss, reference.oracle, harness.produce)
+QUERY_MAJOR = ("scores", "probs")  # [B, Hq, S, keys]: the query is dim 2
+FILL = {"scores": -float("inf"), "probs": 0.0}
+
+
+def _without_docstrings(tree: ast.AST) -> ast.AST:
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return tree
+
+
+def reference_fingerprint() -> str:
+    """A hash of the reference's, the oracle's and the producers' code (its syntax tree, so that
+    comments and formatting do not count): a golden written by other code is stale."""
+    h = hashlib.sha256()
+    for module in FINGERPRINTED:
+        tree = _without_docstrings(ast.parse(Path(module.__file__).read_text()))
+        h.update(module.__name__.encode() + b"\0" + ast.dump(tree).encode() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def weights_sha256(weights: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        h.update(name.encode() + b"\0" + tensor_sha256(weights[name].reshape(-1)).encode())
+    return h.hexdigest()
+
+
+def stats(t: torch.Tensor) -> dict:
+    """Summary statistics (over finite elements) a reader can eyeball in the manifest."""
+    x = t.double()
+    finite = x[torch.isfinite(x)]
+    out = {"finite": int(finite.numel()), "nan": int(torch.isnan(x).sum()), "inf": int(torch.isinf(x).sum())}
+    if finite.numel():
+        out.update(min=float(finite.min()), max=float(finite.max()), mean=float(finite.mean()),
+                   rms=float(finite.pow(2).mean().sqrt()))
+    return out
+
+
+def oracle_dtype(case_dtype: torch.dtype) -> torch.dtype:
+    return torch.float32 if case_dtype == torch.bfloat16 else torch.float64
+
+
+def _rows(stage: str, t: torch.Tensor, compare: torch.Tensor) -> torch.Tensor:
+    return (t.permute(0, 2, 1, 3) if stage in QUERY_MAJOR else t)[compare].contiguous()
+
+
+def _unrows(stage: str, rows: torch.Tensor, compare: torch.Tensor) -> torch.Tensor:
+    b, s = compare.shape
+    if stage in QUERY_MAJOR:
+        out = torch.full((b, rows.shape[1], s, rows.shape[2]), FILL[stage], dtype=rows.dtype)
+        out.permute(0, 2, 1, 3)[compare] = rows
+    else:
+        out = torch.full((b, s, *rows.shape[1:]), float("nan"), dtype=rows.dtype)
+        out[compare] = rows
+    return out
+
+
+def to_tensors(layers: list[Expected], teacher: bool) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """The named tensors of a golden, and the stages left out for size."""
+    first = layers[0]
+    compare = first.batch.compare
+    tensors = {"inputs.hidden": first.batch.hidden.contiguous()}
+    omitted: set[str] = set()
+    for i, e in enumerate(layers):
+        if i and teacher:
+            tensors[f"layer{i}.inputs.hidden"] = e.batch.hidden.contiguous()
+        for producer, values, dtype in (("reference", e.reference, e.spec.dtype),
+                                        ("oracle", e.oracle, oracle_dtype(e.spec.dtype))):
+            for stage, t in values.items():
+                if stage in NOT_STORED:
+                    omitted.add(stage)
+                    continue
+                rows = _rows(stage, t, compare)
+                if stage in QUERY_MAJOR and rows.numel() > SCORE_TAP_LIMIT:
+                    omitted.add(stage)
+                    continue
+                tensors[f"layer{i}.{producer}.{stage}"] = rows.to(dtype)
+    return tensors, sorted(omitted)
+
+
+def from_tensors(tensors: dict[str, torch.Tensor], specs, batch: Batch, teacher: bool) -> list[Expected]:
+    """Expected layers from a golden's tensors; `specs` and `batch` are rebuilt from the case."""
+    layers = []
+    batch = batch.with_hidden(tensors["inputs.hidden"])
+    for i, spec in enumerate(specs):
+        layer_batch = batch.with_hidden(tensors[f"layer{i}.inputs.hidden"]) if i and teacher else batch
+        values: dict[str, dict[str, torch.Tensor]] = {"reference": {}, "oracle": {}}
+        for name, t in tensors.items():
+            layer, _, rest = name.partition(".")
+            producer, _, stage = rest.partition(".")
+            if layer == f"layer{i}" and producer in values:
+                t = _unrows(stage, t, batch.compare)
+                values[producer][stage] = t.double() if producer == "oracle" else t
+        layers.append(Expected(spec, layer_batch, values["oracle"], values["reference"]))
+    return layers
+
+
+def serialise(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:
+    from safetensors.torch import save
+
+    return save(tensors, metadata=metadata)
+
+
+def header_metadata(data: bytes) -> dict[str, str]:
+    """The __metadata__ of a safetensors buffer (read without loading any tensor)."""
+    (n,) = struct.unpack("<Q", data[:8])
+    return json.loads(data[8 : 8 + n]).get("__metadata__", {})
+
+
+def deserialise(data: bytes) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load
+
+    return load(data)
+
+
+@dataclass
+class TensorDiff:
+    """How one stored tensor compares with another version of it."""
+
+    name: str
+    change: str  # "same", "values", "shape", "dtype", "added", "removed"
+    detail: str = ""
+    elements: int = 0  # elements that differ
+    max_abs: float = 0.0
+    within_storage: bool = False  # oracle values within the precision they are stored at
+
+    @property
+    def changed(self) -> bool:
+        return self.change != "same"
+
+
+def _same(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Elementwise equal, NaN equal to NaN (not-computed slots) and infinities equal by sign."""
+    return (a == b) | (torch.isnan(a) & torch.isnan(b))
+
+
+def diff_tensors(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> list[TensorDiff]:
+    out = []
+    for name in sorted(set(old) | set(new)):
+        if name not in old:
+            out.append(TensorDiff(name, "added", f"{tuple(new[name].shape)} {str(new[name].dtype)[6:]}"))
+            continue
+        if name not in new:
+            out.append(TensorDiff(name, "removed"))
+            continue
+        a, b = old[name], new[name]
+        if a.dtype != b.dtype:
+            out.append(TensorDiff(name, "dtype", f"dtype {str(a.dtype)[6:]} -> {str(b.dtype)[6:]}"))
+        elif a.shape != b.shape:
+            out.append(TensorDiff(name, "shape", f"shape {tuple(a.shape)} -> {tuple(b.shape)}"))
+        else:
+            differ = ~_same(a, b)
+            n = int(differ.sum())
+            if not n:
+                out.append(TensorDiff(name, "same"))
+                continue
+            da, db = a[differ].double(), b[differ].double()
+            both = torch.isfinite(da) & torch.isfinite(db)
+            gap = (da[both] - db[both]).abs()
+            max_abs = float(gap.max()) if gap.numel() else math.inf
+            if not bool(both.all()):
+                max_abs = math.inf  # a value became (or stopped being) NaN or infinite
+            eps = torch.finfo(a.dtype).eps
+            within = ".oracle." in name and bool(both.all()) and bool((gap <= 4 * eps * db[both].abs()).all())
+            out.append(TensorDiff(name, "values", f"{n} of {a.numel()} elements differ, max |diff| {max_abs:.3g}",
+                                  n, max_abs, within))
+    return out
+
+
+def reference_error(tensors: dict[str, torch.Tensor], name: str) -> float | None:
+    """The reference's own max error against the oracle at the stage of tensor `name`, from a golden:
+    the unit in which a change of that stage is worth reporting."""
+    layer, _, rest = name.partition(".")
+    _, _, stage = rest.partition(".")
+    ref, orc = tensors.get(f"{layer}.reference.{stage}"), tensors.get(f"{layer}.oracle.{stage}")
+    if ref is None or orc is None or ref.shape != orc.shape:
+        return None
+    gap = (ref.double() - orc.double()).abs()
+    gap = gap[torch.isfinite(gap)]
+    return float(gap.max()) if gap.numel() else None

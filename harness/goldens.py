@@ -1,0 +1,418 @@
+"""The golden-tensor store: a case's expected tensors (oracle and reference, every layer), saved once
+and checked on every load, so a device runner can judge a block without running the CPU reference and
+two runs months apart compare against the same numbers.
+
+A store is a folder: one safetensors file per golden (named after the case and the file's hash) and
+manifest.json, which maps each case id to its golden's description (the case, the file, its size and
+sha256, the reference fingerprint, versions, creation time, and every tensor's shape, dtype, sha256 and
+statistics; see harness/golden_format.py for the tensors). Two stores are used: the committed one,
+cases/goldens/ (curated cases, a size budget), and a local cache for generated cases
+($PARITY_GOLDEN_CACHE, default ~/.cache/gpt-oss-parity/goldens).
+
+Writing: the new tensor file is written under a new name (temporary file, fsync, rename), then the
+manifest is replaced the same way, and only then is the old file removed, all under an exclusive
+lock on the store's .lock file. A writer killed at any point leaves every golden the old one or the
+new one (plus, at worst, a stray file the next writer removes). Readers take a shared lock.
+Reading checks the manifest entry's own checksum, the file's size and sha256, the tensors against
+the manifest, the fingerprint, and the weights and inputs the case generates today. No pickle: tensors
+are safetensors, everything else JSON.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import hashlib
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from harness.batch import layer_specs, make_batch
+from harness.case import CASES_DIR, Case
+from harness.expected import Expected, compute_expected
+from harness.golden_format import (FORMAT, VERSION, TensorDiff, deserialise, diff_tensors, from_tensors,
+                                   header_metadata, oracle_dtype, reference_error, reference_fingerprint, serialise, stats,
+                                   tensor_sha256, to_tensors, weights_sha256)
+from harness.jsonfile import write_bytes, write_json
+from harness.repro import safe_name
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: no locking (Neuron hosts and CI are Linux)
+    fcntl = None
+
+COMMITTED_DIR = CASES_DIR / "goldens"
+COMMITTED_BUDGET = 32 * 2**20  # bytes of tensor files in the committed store (it lives in git)
+MANIFEST = "manifest.json"
+
+
+def committed_dir() -> Path:
+    """The committed store: cases/goldens, or $PARITY_GOLDEN_DIR (e.g. a runner keeping goldens elsewhere)."""
+    return Path(os.environ.get("PARITY_GOLDEN_DIR") or COMMITTED_DIR)
+
+
+def cache_dir() -> Path:
+    if os.environ.get("PARITY_GOLDEN_CACHE"):
+        return Path(os.environ["PARITY_GOLDEN_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "gpt-oss-parity" / "goldens"
+
+
+class GoldenError(ValueError):
+    """A golden that cannot be used; the message names it and the fix."""
+
+
+class GoldenMissing(GoldenError):
+    pass
+
+
+class GoldenStale(GoldenError):
+    pass
+
+
+class GoldenCorrupt(GoldenError):
+    pass
+
+
+def _pause() -> None:
+    """Crash tests only: PARITY_GOLDENS_PAUSE seconds at each step of a write, to be killed in."""
+    seconds = float(os.environ.get("PARITY_GOLDENS_PAUSE") or 0)
+    if seconds:
+        time.sleep(seconds)
+
+
+def _checksum(entry: dict) -> str:
+    body = {k: v for k, v in entry.items() if k != "checksum"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
+
+
+def _versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    import safetensors
+
+    try:
+        harness_version = version("gpt-oss-parity")
+    except PackageNotFoundError:  # run from a checkout without installing
+        harness_version = "unknown"
+    return {"torch": torch.__version__, "python": platform.python_version(),
+            "safetensors": safetensors.__version__, "gpt-oss-parity": harness_version}
+
+
+@dataclass
+class Change:
+    """What a write did to one golden."""
+
+    case_id: str
+    status: str  # "new", "unchanged", "changed", "replaced" (the old one was unreadable)
+    diffs: list[TensorDiff] = field(default_factory=list)
+    detail: str = ""
+
+    def describe(self) -> str:
+        if self.status != "changed":
+            return f"{self.status}{': ' + self.detail if self.detail else ''}"
+        return "changed: " + "; ".join(f"{d.name} {d.detail}" for d in self.diffs if d.changed)
+
+
+class GoldenStore:
+    """One folder of goldens. `budget`: the most bytes its tensor files may take (None: unlimited)."""
+
+    def __init__(self, root: str | Path, budget: int | None = None, label: str | None = None):
+        self.root = Path(root)
+        self.budget = budget
+        self.label = label or str(self.root)
+
+    @classmethod
+    def committed(cls) -> GoldenStore:
+        root = committed_dir()
+        label = "committed store cases/goldens" if root == COMMITTED_DIR else f"committed store {root}"
+        return cls(root, COMMITTED_BUDGET, label)
+
+    @classmethod
+    def cache(cls) -> GoldenStore:
+        return cls(cache_dir(), None, f"cache {cache_dir()}")
+
+    @property
+    def is_committed(self) -> bool:
+        return self.root.resolve() == committed_dir().resolve()
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / MANIFEST
+
+    # -- locking -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _lock(self, exclusive: bool):
+        if fcntl is None:
+            yield
+            return
+        try:
+            if exclusive:
+                self.root.mkdir(parents=True, exist_ok=True)
+            handle = open(self.root / ".lock", "a+")  # noqa: SIM115 (held for the block's duration)
+        except OSError:
+            if exclusive:
+                raise
+            yield  # a read-only store (or none yet): nobody can be writing it
+            return
+        with handle:
+            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            try:
+                fcntl.flock(handle, mode | fcntl.LOCK_NB)
+            except BlockingIOError:
+                print(f"waiting for another process writing {self.label} ...", file=sys.stderr, flush=True)
+                fcntl.flock(handle, mode)
+            yield
+
+    # -- manifest ----------------------------------------------------------------------------------
+    def read_manifest(self) -> dict:
+        """{"format", "version", "goldens": {case id: entry}}; an empty one if the store has none yet."""
+        p = self.manifest_path
+        if not p.exists():
+            return {"format": FORMAT, "version": VERSION, "goldens": {}}
+        fix = (f"restore it (`git checkout -- {p}` for the committed store) or delete it and run "
+               f"`parity goldens regenerate{self._dir_option()}` to rebuild the store")
+        try:
+            data = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise GoldenCorrupt(f"golden manifest {p} is not valid JSON ({exc}); {fix}") from None
+        if not (isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("goldens"), dict)):
+            raise GoldenCorrupt(f"golden manifest {p} is not a {FORMAT!r} manifest "
+                                f"(expected an object with format and goldens); {fix}")
+        if data.get("version") != VERSION:
+            raise GoldenStale(f"golden manifest {p} has format version {data.get('version')}, this harness reads "
+                              f"version {VERSION}; run `parity goldens regenerate{self._dir_option()}`")
+        return data
+
+    def _dir_option(self) -> str:
+        if self.is_committed:
+            return ""
+        return " --cache" if self.root.resolve() == cache_dir().resolve() else f" --dir {self.root}"
+
+    def regenerate_command(self, case: Case, case_file: str | None = None) -> str:
+        select = f"--case-file {case_file}" if case_file else f"--case {case.id}"
+        return f"parity goldens regenerate {select}{self._dir_option()}"
+
+    # -- reading -----------------------------------------------------------------------------------
+    def entries(self) -> dict[str, dict]:
+        with self._lock(exclusive=False):
+            return self.read_manifest()["goldens"]
+
+    def load(self, case: Case, case_file: str | None = None) -> list[Expected]:
+        """The case's expected layers from this store, after every integrity and freshness check."""
+        tensors, specs, batch = self.check(case, case_file)
+        return from_tensors(tensors, specs, batch, teacher=case.stack_mode == "teacher")
+
+    def check(self, case: Case, case_file: str | None = None):
+        """(tensors, specs, batch) of the case's golden, or the GoldenError that says what is wrong."""
+        with self._lock(exclusive=False):
+            entry = self.read_manifest()["goldens"].get(case.id)
+            if entry is None:
+                raise GoldenMissing(f"no golden for case {case.id} in {self.label}; create it with "
+                                    f"`{self.regenerate_command(case, case_file)}`")
+            tensors = self._read_tensors(case.id, entry, case_file)
+        return (tensors, *self._check_current(case, entry, tensors, case_file))
+
+    def _read_tensors(self, case_id: str, entry: dict, case_file: str | None = None) -> dict[str, torch.Tensor]:
+        fix = f"run `{self.regenerate_command(Case.from_dict(entry['case']), case_file)}`" \
+            if isinstance(entry.get("case"), dict) and _valid_case(entry["case"]) else \
+            f"run `parity goldens regenerate --case {case_id}{self._dir_option()}`"
+        where = f"golden {case_id} in {self.label}"
+        if entry.get("checksum") != _checksum(entry):
+            raise GoldenCorrupt(f"{where}: its manifest entry in {self.manifest_path} was edited (its checksum does "
+                                f"not match its content); {fix}")
+        if Case.from_dict(entry["case"]).id != case_id:
+            raise GoldenCorrupt(f"{where}: the manifest files it under the wrong case id; {fix}")
+        path = self.root / entry["file"]
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise GoldenCorrupt(f"{where}: its tensor file {path} is missing; {fix}") from None
+        if len(data) != entry["bytes"]:
+            raise GoldenCorrupt(f"{where}: {path} has {len(data)} bytes, the manifest says {entry['bytes']} "
+                                f"(truncated or overwritten); {fix}")
+        if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+            raise GoldenCorrupt(f"{where}: {path} does not match its sha256 in the manifest (corrupted); {fix}")
+        tensors = deserialise(data)
+        meta = header_metadata(data)
+        if json.loads(meta.get("case", "null")) != entry["case"] or meta.get("fingerprint") != entry["fingerprint"]:
+            raise GoldenCorrupt(f"{where}: {path} was written for another case or reference than its manifest "
+                                f"entry says; {fix}")
+        described = entry["tensors"]
+        if set(tensors) != set(described):
+            raise GoldenCorrupt(f"{where}: {path} holds tensors {sorted(tensors)}, the manifest lists "
+                                f"{sorted(described)}; {fix}")
+        for name, t in tensors.items():
+            want = described[name]
+            if list(t.shape) != want["shape"] or str(t.dtype)[6:] != want["dtype"]:
+                raise GoldenCorrupt(f"{where}: tensor {name} is {tuple(t.shape)} {str(t.dtype)[6:]}, the manifest "
+                                    f"says {tuple(want['shape'])} {want['dtype']}; {fix}")
+        return tensors
+
+    def _check_current(self, case: Case, entry: dict, tensors: dict, case_file: str | None):
+        """Check the golden still describes what the case means today; the case's specs and batch."""
+        fix = f"regenerate it with `{self.regenerate_command(case, case_file)}`"
+        where = f"golden {case.id} in {self.label}"
+        current = reference_fingerprint()
+        if entry["fingerprint"] != current:
+            raise GoldenStale(f"{where} is stale: written by reference fingerprint {entry['fingerprint']}, the "
+                              f"reference code is now {current} (reference/ or harness/produce.py changed); {fix}")
+        specs = layer_specs(case)
+        batch = make_batch(case, specs[0])
+        if [weights_sha256(s.weights) for s in specs] != entry["weights_sha256"]:
+            raise GoldenStale(f"{where} is stale: the weights the case's seeds generate today differ from those "
+                              f"it was computed with (harness/weights.py or torch's generator changed); {fix}")
+        stored = tensors["inputs.hidden"]
+        if stored.shape != batch.hidden.shape or stored.dtype != batch.hidden.dtype:
+            raise GoldenStale(f"{where} is stale: its input is {tuple(stored.shape)} {stored.dtype}, the case now "
+                              f"builds {tuple(batch.hidden.shape)} {batch.hidden.dtype}; {fix}")
+        if not torch.equal(stored, batch.hidden):
+            raise GoldenStale(f"{where} is stale: the inputs the case's seeds generate today differ from the stored "
+                              f"ones (harness/batch.py or torch's generator changed); {fix}")
+        return specs, batch
+
+    # -- writing -----------------------------------------------------------------------------------
+    def write(self, case: Case, layers: list[Expected]) -> Change:
+        """Store (or replace) the case's golden; returns what changed and by how much."""
+        tensors, omitted = to_tensors(layers, teacher=case.stack_mode == "teacher")
+        fingerprint = reference_fingerprint()
+        data = serialise(tensors, {"format": FORMAT, "case": json.dumps(case.to_dict(), sort_keys=True),
+                                   "fingerprint": fingerprint})
+        digest = hashlib.sha256(data).hexdigest()
+        entry = {
+            "case": case.to_dict(),
+            "file": f"{safe_name(case.id)}.{digest[:12]}.safetensors",
+            "bytes": len(data),
+            "sha256": digest,
+            "fingerprint": fingerprint,
+            "versions": _versions(),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "layers": len(layers),
+            "oracle_dtype": str(oracle_dtype(layers[0].spec.dtype))[6:],
+            "omitted": omitted,
+            "weights_sha256": [weights_sha256(e.spec.weights) for e in layers],
+            "tensors": {name: {"shape": list(t.shape), "dtype": str(t.dtype)[6:], "sha256": tensor_sha256(t),
+                               "stats": stats(t)} for name, t in sorted(tensors.items())},
+        }
+        entry["checksum"] = _checksum(entry)
+        with self._lock(exclusive=True):
+            manifest = self.read_manifest()
+            goldens = manifest["goldens"]
+            old = goldens.get(case.id)
+            if old is not None and old.get("sha256") == digest and (self.root / old["file"]).is_file():
+                return Change(case.id, "unchanged")  # same bytes: keep the entry (and its history) as it is
+            change = self._change(case, old, tensors)
+            if self.budget is not None:
+                others = sum(e["bytes"] for cid, e in goldens.items() if cid != case.id)
+                if others + len(data) > self.budget:
+                    raise GoldenError(
+                        f"golden {case.id} ({len(data) / 2**20:.1f} MiB) would take {self.label} to "
+                        f"{(others + len(data)) / 2**20:.1f} MiB, over its budget of {self.budget / 2**20:.0f} MiB; "
+                        "judge fewer rows (compare_last), shorten the case, or keep it in a case file outside cases/ "
+                        "(its golden then goes to the local cache). Nothing was written")
+            write_bytes(self.root / entry["file"], data, pause=_pause)
+            _pause()
+            goldens[case.id] = entry
+            write_json(self.manifest_path, manifest, pause=_pause)
+            _pause()
+            self._collect_garbage(goldens)
+        return change
+
+    def remove(self, case_ids: list[str]) -> None:
+        with self._lock(exclusive=True):
+            manifest = self.read_manifest()
+            for cid in case_ids:
+                manifest["goldens"].pop(cid, None)
+            write_json(self.manifest_path, manifest)
+            self._collect_garbage(manifest["goldens"])
+
+    def _change(self, case: Case, old: dict | None, tensors: dict) -> Change:
+        if old is None:
+            return Change(case.id, "new")
+        try:
+            before = self._read_tensors(case.id, old)
+        except GoldenError as exc:
+            return Change(case.id, "replaced", detail=f"the old golden was unreadable ({exc})")
+        diffs = [d for d in diff_tensors(before, tensors) if d.changed]
+        for d in diffs:
+            unit = reference_error(tensors, d.name)
+            if d.change == "values" and unit:
+                d.detail += f" ({d.max_abs / unit:.2g}x the reference's own max error there)"
+        return Change(case.id, "changed" if diffs else "unchanged", diffs)
+
+    def _collect_garbage(self, goldens: dict) -> None:
+        """Under the exclusive lock: files no entry refers to are leftovers of replaced goldens or of
+        writers killed mid-write (nobody else can be writing)."""
+        keep = {e["file"] for e in goldens.values()} | {MANIFEST, ".lock"}
+        for p in self.root.iterdir():
+            if p.is_file() and p.name not in keep and (p.suffix == ".safetensors" or p.name.startswith(".tmp-")):
+                p.unlink(missing_ok=True)
+
+    def stray_files(self) -> list[Path]:
+        if not self.root.is_dir():
+            return []
+        keep = {e["file"] for e in self.entries().values()} | {MANIFEST, ".lock"}
+        return [p for p in self.root.iterdir() if p.is_file() and p.name not in keep]
+
+    def size(self) -> int:
+        return sum(e["bytes"] for e in self.entries().values())
+
+
+def _valid_case(data: dict) -> bool:
+    try:
+        Case.from_dict(data)
+    except ValueError:
+        return False
+    return True
+
+
+@dataclass
+class GoldenSource:
+    """Expected tensors for the runner (an ExpectedFn) taken from golden stores.
+
+    Each store in `stores` is tried in order. With `compute` (the default), a case none of them holds
+    is computed and written to `cache`; a stale golden is reported through `log` and recomputed, never
+    used. Without `compute` (the reference disabled, as on a device runner), a missing or stale golden
+    is an error naming the regenerate command. A corrupted golden is always an error."""
+
+    stores: list[GoldenStore]
+    cache: GoldenStore | None = None
+    compute: bool = True
+    log: Callable[[str], None] = lambda message: print(message, file=sys.stderr)
+    case_files: dict[str, str] = field(default_factory=dict)  # case id -> the case file it came from
+    loaded: int = 0
+    computed: int = 0
+
+    def __call__(self, case: Case, checkpoint: str | None = None) -> list[Expected]:
+        if checkpoint is not None:
+            raise GoldenError("goldens hold the seeded weights of their cases; a run with --checkpoint computes its "
+                              "expected tensors (leave out --goldens / --no-reference)")
+        case_file = self.case_files.get(case.id)
+        problems = []
+        for store in self.stores:
+            try:
+                layers = store.load(case, case_file)
+            except GoldenMissing as exc:
+                problems.append(exc)
+                continue
+            except GoldenStale as exc:
+                if not self.compute:
+                    raise
+                self.log(f"{exc}\n  (recomputing it)")
+                continue
+            self.loaded += 1
+            return layers
+        if not self.compute:
+            raise problems[0] if problems else GoldenMissing(f"no golden store holds case {case.id}")
+        layers = compute_expected(case)
+        self.computed += 1
+        if self.cache is not None:
+            self.cache.write(case, layers)
+        return layers
