@@ -30,6 +30,22 @@ def pytest_addoption(parser):
                     help="tolerance policy file (JSON, see harness/tolerances.py) for the parity checks")
     group.addoption("--strict-probes", action="store_true", default=False,
                     help="NaN in padding or outside the window reaching an output fails the check")
+    group.addoption("--regen-goldens", action="store_true", default=False,
+                    help="rewrite the curated cases' goldens from the reference before checking them, and report "
+                         "what changed (refused when $CI is set: CI never writes goldens)")
+    group.addoption("--goldens", action="store_true", default=False,
+                    help="generated cases take their expected tensors from the golden stores, computing and caching "
+                         "the missing ones ($PARITY_GOLDEN_CACHE)")
+    group.addoption("--no-reference", action="store_true", default=False,
+                    help="never run the CPU reference: curated cases are judged from their goldens, checks that need "
+                         "the reference are skipped (device runners)")
+
+
+def pytest_configure(config):
+    if config.getoption("--regen-goldens") and os.environ.get("CI"):
+        raise pytest.UsageError("--regen-goldens writes the committed goldens and CI never writes them ($CI is set). "
+                                "Regenerate locally (`pytest --regen-goldens` or `parity goldens regenerate`) and "
+                                "commit cases/goldens")
 
 
 def pytest_generate_tests(metafunc):
@@ -51,6 +67,49 @@ def parity_options(pytestconfig):
     records = []
     pytestconfig._parity_records = records
     return bounds, pytestconfig.getoption("--strict-probes"), records
+
+
+@pytest.fixture(scope="session")
+def curated_expected(pytestconfig):
+    """Expected tensors of curated cases: their goldens in the committed store, nothing computed (a
+    missing or stale golden fails the check with the regenerate command). Under --regen-goldens each
+    case's golden is rewritten once first, and the change reported at the end of the session."""
+    from harness.expected import compute_expected
+    from harness.goldens import GoldenSource, GoldenStore
+
+    store = GoldenStore.committed()
+    source = GoldenSource([store], compute=False)
+    changes = pytestconfig._golden_changes = {}
+
+    def expected(case, checkpoint=None):
+        if pytestconfig.getoption("--regen-goldens") and case.id not in changes:
+            changes[case.id] = store.write(case, compute_expected(case))
+        return source(case, checkpoint)
+
+    return expected
+
+
+@pytest.fixture(scope="session")
+def generated_expected(pytestconfig):
+    """Expected tensors of generated cases: computed, or through the golden cache under --goldens;
+    under --no-reference such checks skip."""
+    from harness.expected import compute_expected
+    from harness.goldens import GoldenSource, GoldenStore
+
+    if pytestconfig.getoption("--no-reference"):
+        pytest.skip("--no-reference: generated cases need the CPU reference (curated cases run from goldens)")
+    if pytestconfig.getoption("--goldens"):
+        cache = GoldenStore.cache()
+        return GoldenSource([GoldenStore.committed(), cache], cache=cache)
+    return compute_expected
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    changes = getattr(config, "_golden_changes", None)
+    if changes:
+        terminalreporter.section("goldens regenerated")
+        for case_id, change in changes.items():
+            terminalreporter.write_line(f"{case_id}: {change.describe()}")
 
 
 def pytest_sessionfinish(session):

@@ -14,7 +14,7 @@ from harness.cli_goldens import add_parser as add_goldens_parser
 from harness.compare import Verdict
 from harness.console import Progress, UsageError, row
 from harness.expected import compute_expected
-from harness.goldens import GoldenSource, GoldenStore
+from harness.goldens import GoldenError, GoldenSource, GoldenStore
 from harness.jsonfile import write_json
 from harness.report import load_records, record_of, write_report
 from harness.repro import load_failure, replay_command, save_failure
@@ -53,7 +53,7 @@ def expected_source(args, case_files: dict[str, str]):
     """Where a run's expected tensors come from: computed (default), or the golden stores."""
     if not (args.goldens or args.no_reference):
         return compute_expected
-    if args.checkpoint:
+    if getattr(args, "checkpoint", None):
         raise UsageError("--goldens and --no-reference use goldens of seeded weights; leave them out with --checkpoint")
     stores = [GoldenStore.committed(), GoldenStore.cache()]
     return GoldenSource(stores, cache=stores[1], compute=not args.no_reference, case_files=case_files)
@@ -119,7 +119,12 @@ def cmd_replay(args) -> int:
     candidates = _candidates(args.candidate or [saved])
     print(f"case {case.id}: {json.dumps(case.to_dict())}")
     failed = 0
-    for v in run_case(case, candidates, _bounds(args), strict_probes=args.strict_probes):
+    try:
+        verdicts = run_case(case, candidates, _bounds(args), strict_probes=args.strict_probes,
+                            expected=expected_source(args, {}))
+    except GoldenError as exc:
+        raise UsageError(str(exc)) from None
+    for v in verdicts:
         failed += not v.passed
         print(f"\ncandidate {v.candidate}: {v.verdict.upper()}"
               + (f", first divergent stage {v.first_divergent_stage}" if not v.passed else ""))
@@ -205,6 +210,14 @@ def _bound_options(p: argparse.ArgumentParser) -> None:
                    help="the NaN probes (NaN in padding / outside the window must not reach outputs) fail the check")
 
 
+def _expected_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--goldens", action="store_true",
+                   help="take expected tensors from the golden stores (committed, then the local cache); cases "
+                        "without a golden are computed and cached")
+    p.add_argument("--no-reference", action="store_true",
+                   help="never run the CPU reference or oracle: every case must have a golden (device runners)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="parity", description="Numerical parity harness for gpt-oss attention.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -223,11 +236,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="PATH", help="also write the verdicts as JSON")
     run.add_argument("--report", metavar="DIR", help="also write an HTML report with pictures of every failure")
     run.add_argument("--no-probes", action="store_true", help="skip the tolerance-free probes (faster)")
-    run.add_argument("--goldens", action="store_true",
-                     help="take expected tensors from the golden stores (committed, then the local cache); cases "
-                          "without a golden are computed and cached")
-    run.add_argument("--no-reference", action="store_true",
-                     help="never run the CPU reference or oracle: every case must have a golden (device runners)")
+    _expected_options(run)
     _bound_options(run)
     run.set_defaults(func=cmd_run)
 
@@ -238,6 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--candidate", action="append", metavar="NAME|MODULE:ATTR",
                         help="replay against these candidates instead of the saved one (repeatable)")
     _bound_options(replay)
+    _expected_options(replay)
     replay.set_defaults(func=cmd_replay)
 
     report = sub.add_parser("report", help="render the HTML report of saved results",

@@ -181,8 +181,11 @@ def list_store(store: GoldenStore) -> int:
         try:
             store.check(Case.from_dict(entry.get("case")))
             state = "ok"
-        except (GoldenError, TypeError) as exc:
+        except GoldenError as exc:
             state = type(exc).__name__.replace("Golden", "").lower() or "invalid"
+            bad += 1
+        except (ValueError, TypeError):  # the entry's case itself is unreadable
+            state = "corrupt"
             bad += 1
         if store.is_committed and cid not in curated:
             state += " (not a curated case; --prune removes it)"

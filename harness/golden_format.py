@@ -4,7 +4,7 @@ named tensors for one safetensors file, and back.
 Stored (names are "layer{i}.{producer}.{stage}" and "inputs.hidden"):
 - inputs.hidden: the batch's input [B, S, hidden] in the case's dtype (layer{i}.inputs.hidden for the
   later layers of a teacher-forced stack, whose input is the oracle's previous output).
-- reference tensors in the case's dtype (bfloat16 or float32), exactly as the reference produced them.
+- reference tensors exactly as the reference produced them (the case's dtype, bfloat16 or float32).
 - oracle tensors in float32 for bfloat16 cases (the rounding, 2^-24 relative, is 1/65536 of a bf16
   ulp and far below any bound) and in float64 for float32 cases (stored as computed).
 Only the judged rows (batch.compare) are stored, [N, ...] for per-token stages and [N, Hq, keys + 1]
@@ -113,8 +113,8 @@ def to_tensors(layers: list[Expected], teacher: bool) -> tuple[dict[str, torch.T
     for i, e in enumerate(layers):
         if i and teacher:
             tensors[f"layer{i}.inputs.hidden"] = e.batch.hidden.contiguous()
-        for producer, values, dtype in (("reference", e.reference, e.spec.dtype),
-                                        ("oracle", e.oracle, oracle_dtype(e.spec.dtype))):
+        # the reference as it came (a change of its dtype is a change), the oracle at its storage precision
+        for producer, values, dtype in (("reference", e.reference, None), ("oracle", e.oracle, oracle_dtype(e.spec.dtype))):
             for stage, t in values.items():
                 if stage in NOT_STORED:
                     omitted.add(stage)
@@ -123,7 +123,7 @@ def to_tensors(layers: list[Expected], teacher: bool) -> tuple[dict[str, torch.T
                 if stage in QUERY_MAJOR and rows.numel() > SCORE_TAP_LIMIT:
                     omitted.add(stage)
                     continue
-                tensors[f"layer{i}.{producer}.{stage}"] = rows.to(dtype)
+                tensors[f"layer{i}.{producer}.{stage}"] = rows.to(dtype) if dtype else rows
     return tensors, sorted(omitted)
 
 

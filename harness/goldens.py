@@ -51,6 +51,7 @@ except ImportError:  # not POSIX: no locking (Neuron hosts and CI are Linux)
 COMMITTED_DIR = CASES_DIR / "goldens"
 COMMITTED_BUDGET = 32 * 2**20  # bytes of tensor files in the committed store (it lives in git)
 MANIFEST = "manifest.json"
+ENTRY_KEYS = {"case", "file", "bytes", "sha256", "fingerprint", "weights_sha256", "tensors", "checksum"}
 
 
 def committed_dir() -> Path:
@@ -220,16 +221,20 @@ class GoldenStore:
             tensors = self._read_tensors(case.id, entry, case_file)
         return (tensors, *self._check_current(case, entry, tensors, case_file))
 
-    def _read_tensors(self, case_id: str, entry: dict, case_file: str | None = None) -> dict[str, torch.Tensor]:
-        fix = f"run `{self.regenerate_command(Case.from_dict(entry['case']), case_file)}`" \
-            if isinstance(entry.get("case"), dict) and _valid_case(entry["case"]) else \
+    def _read_tensors(self, case_id: str, entry, case_file: str | None = None) -> dict[str, torch.Tensor]:
+        """The golden's tensors, after checking its manifest entry, its file's size and sha256, and that
+        file and entry describe the same tensors."""
+        valid = isinstance(entry, dict) and _valid_case(entry.get("case"))
+        fix = f"run `{self.regenerate_command(Case.from_dict(entry['case']), case_file)}`" if valid else \
             f"run `parity goldens regenerate --case {case_id}{self._dir_option()}`"
         where = f"golden {case_id} in {self.label}"
-        if entry.get("checksum") != _checksum(entry):
+        if not isinstance(entry, dict) or entry.get("checksum") != _checksum(entry):
             raise GoldenCorrupt(f"{where}: its manifest entry in {self.manifest_path} was edited (its checksum does "
                                 f"not match its content); {fix}")
-        if Case.from_dict(entry["case"]).id != case_id:
-            raise GoldenCorrupt(f"{where}: the manifest files it under the wrong case id; {fix}")
+        missing = sorted(ENTRY_KEYS - set(entry))
+        if missing or not valid or Case.from_dict(entry["case"]).id != case_id:
+            raise GoldenCorrupt(f"{where}: its manifest entry is not one this harness wrote (missing {missing}, or a "
+                                f"case that is invalid or filed under another id); {fix}")
         path = self.root / entry["file"]
         try:
             data = path.read_bytes()
@@ -240,9 +245,12 @@ class GoldenStore:
                                 f"(truncated or overwritten); {fix}")
         if hashlib.sha256(data).hexdigest() != entry["sha256"]:
             raise GoldenCorrupt(f"{where}: {path} does not match its sha256 in the manifest (corrupted); {fix}")
-        tensors = deserialise(data)
-        meta = header_metadata(data)
-        if json.loads(meta.get("case", "null")) != entry["case"] or meta.get("fingerprint") != entry["fingerprint"]:
+        try:
+            tensors = deserialise(data)
+            meta = json.loads(header_metadata(data).get("golden", "{}"))
+        except Exception as exc:  # safetensors raises its own error types for a malformed header
+            raise GoldenCorrupt(f"{where}: {path} is not a readable safetensors file ({exc}); {fix}") from None
+        if meta.get("case") != entry["case"] or meta.get("fingerprint") != entry["fingerprint"]:
             raise GoldenCorrupt(f"{where}: {path} was written for another case or reference than its manifest "
                                 f"entry says; {fix}")
         described = entry["tensors"]
@@ -251,9 +259,9 @@ class GoldenStore:
                                 f"{sorted(described)}; {fix}")
         for name, t in tensors.items():
             want = described[name]
-            if list(t.shape) != want["shape"] or str(t.dtype)[6:] != want["dtype"]:
+            if list(t.shape) != want.get("shape") or str(t.dtype)[6:] != want.get("dtype"):
                 raise GoldenCorrupt(f"{where}: tensor {name} is {tuple(t.shape)} {str(t.dtype)[6:]}, the manifest "
-                                    f"says {tuple(want['shape'])} {want['dtype']}; {fix}")
+                                    f"says {tuple(want.get('shape') or ())} {want.get('dtype')}; {fix}")
         return tensors
 
     def _check_current(self, case: Case, entry: dict, tensors: dict, case_file: str | None):
@@ -283,8 +291,9 @@ class GoldenStore:
         """Store (or replace) the case's golden; returns what changed and by how much."""
         tensors, omitted = to_tensors(layers, teacher=case.stack_mode == "teacher")
         fingerprint = reference_fingerprint()
-        data = serialise(tensors, {"format": FORMAT, "case": json.dumps(case.to_dict(), sort_keys=True),
-                                   "fingerprint": fingerprint})
+        # one metadata key: safetensors writes its metadata map in no fixed order
+        data = serialise(tensors, {"format": FORMAT, "golden": json.dumps(
+            {"case": case.to_dict(), "fingerprint": fingerprint}, sort_keys=True)})
         digest = hashlib.sha256(data).hexdigest()
         entry = {
             "case": case.to_dict(),
@@ -306,9 +315,9 @@ class GoldenStore:
             manifest = self.read_manifest()
             goldens = manifest["goldens"]
             old = goldens.get(case.id)
-            if old is not None and old.get("sha256") == digest and (self.root / old["file"]).is_file():
-                return Change(case.id, "unchanged")  # same bytes: keep the entry (and its history) as it is
             change = self._change(case, old, tensors)
+            if change.status == "unchanged" and old["fingerprint"] == fingerprint and old["tensors"] == entry["tensors"]:
+                return change  # the same tensors from the same reference: keep the entry (and its history)
             if self.budget is not None:
                 others = sum(e["bytes"] for cid, e in goldens.items() if cid != case.id)
                 if others + len(data) > self.budget:
@@ -365,10 +374,10 @@ class GoldenStore:
         return sum(e["bytes"] for e in self.entries().values())
 
 
-def _valid_case(data: dict) -> bool:
+def _valid_case(data) -> bool:
     try:
         Case.from_dict(data)
-    except ValueError:
+    except (ValueError, TypeError):
         return False
     return True
 

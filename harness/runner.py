@@ -146,7 +146,8 @@ def run_stack(case: Case, candidates: list[Candidate], bounds: Bounds, layers: l
             e = layer if case.stack_mode == "teacher" else Expected(
                 layer.spec, layer.batch.with_hidden(cand_in[c.name]), layer.oracle, layer.reference)
             result = run_candidate(c, e.spec, e.batch)
-            v = _verdict(case.id, c, result, e, bounds.for_candidate(c))
+            layer_bounds = bounds.for_candidate(c)
+            v = _verdict(case.id, c, result, e, layer_bounds if case.stack_mode == "teacher" else layer_bounds.output_only())
             per_layer[c.name].append(v)
             if isinstance(result, str) or v.verdict in ("shape", "dtype", "nonfinite"):
                 alive[c.name] = False  # nothing sensible to feed the next layer

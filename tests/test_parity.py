@@ -2,7 +2,7 @@
 
 Candidates come from `--candidate NAME|MODULE:ATTR` (repeatable; default: every built-in). Cases are
 drawn by harness.strategies (inside the candidate's compiled buckets when it declares `buckets`), and
-the curated files in cases/ always run. A failure is saved as a repro file and the message ends with
+the curated files in cases/ always run, judged from their committed goldens. A failure is saved as a repro file and the message ends with
 the command that replays it.
 """
 
@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from harness.candidates import load_candidate
 from harness.case import Case, curated_cases
+from harness.goldens import GoldenError
 from harness.report import record_of
 from harness.repro import replay_command, save_failure
 from harness.runner import run_case
@@ -20,11 +21,14 @@ from harness.strategies import cases, stack_cases
 from harness.sweep import default_cases
 
 
-def _assert_parity(case, candidate_name, options, candidate=None):
+def _assert_parity(case, candidate_name, options, expected, candidate=None):
     __tracebackhide__ = True
     bounds, strict, records = options
     candidate = candidate or load_candidate(candidate_name)
-    (verdict,) = run_case(case, [candidate], bounds, strict_probes=strict)
+    try:
+        (verdict,) = run_case(case, [candidate], bounds, strict_probes=strict, expected=expected)
+    except GoldenError as exc:  # missing, stale or corrupted: the message says how to fix it
+        pytest.fail(str(exc), pytrace=False)
     records.append(record_of(case, verdict, bounds.for_candidate(candidate)))
     if verdict.worst_ratio is not None and currently_in_test_context():  # nightly: steer toward large ratios
         target(min(verdict.worst_ratio, 1e6), label="worst ratio")
@@ -35,40 +39,42 @@ def _assert_parity(case, candidate_name, options, candidate=None):
 
 @pytest.mark.parity
 @given(data=st.data())
-def test_generated_cases(candidate_name, parity_options, data):
+def test_generated_cases(candidate_name, parity_options, generated_expected, data):
     candidate = load_candidate(candidate_name)
     case = data.draw(cases(buckets=getattr(candidate, "buckets", None)), label="case")
-    _assert_parity(case, candidate_name, parity_options, candidate)
+    _assert_parity(case, candidate_name, parity_options, generated_expected, candidate)
 
 
 @pytest.mark.parity
 @given(case=stack_cases())
-def test_generated_stacks(candidate_name, case, parity_options):
-    _assert_parity(case, candidate_name, parity_options)
+def test_generated_stacks(candidate_name, case, parity_options, generated_expected):
+    _assert_parity(case, candidate_name, parity_options, generated_expected)
 
 
 @pytest.mark.parity
 @pytest.mark.parametrize("case", default_cases(quick=True), ids=lambda c: c.id)
-def test_curated_sweep(candidate_name, case, parity_options):
-    _assert_parity(case, candidate_name, parity_options)
+def test_curated_sweep(candidate_name, case, parity_options, generated_expected):
+    _assert_parity(case, candidate_name, parity_options, generated_expected)
 
 
 @pytest.mark.parity
 @pytest.mark.parametrize("case", curated_cases(), ids=lambda c: c.id)
-def test_curated_case_files(candidate_name, case, parity_options):
-    _assert_parity(case, candidate_name, parity_options)
+def test_curated_case_files(candidate_name, case, parity_options, curated_expected):
+    """Judged from the committed goldens alone, as a device runner does (tests/test_goldens.py checks
+    the goldens against the reference)."""
+    _assert_parity(case, candidate_name, parity_options, curated_expected)
 
 
 @pytest.mark.parity
 @pytest.mark.slow
 @pytest.mark.parametrize("case", [c for c in default_cases() if c.preset == "full"], ids=lambda c: c.id)
-def test_full_dims(candidate_name, case, parity_options):
-    _assert_parity(case, candidate_name, parity_options)
+def test_full_dims(candidate_name, case, parity_options, generated_expected):
+    _assert_parity(case, candidate_name, parity_options, generated_expected)
 
 
 @pytest.mark.parity
 @pytest.mark.parametrize("broken, stage", [("no_sinks", "probs"), ("window_wrong_parity", "scores")])
-def test_broken_candidates_are_caught(broken, stage):
+def test_broken_candidates_are_caught(broken, stage, generated_expected):
     """The parity check itself must be able to fail."""
     case = Case(layer=0, lengths=(131,), sinks="small")
     (verdict,) = run_case(case, [load_candidate(f"tests.broken_candidates:{broken}")])

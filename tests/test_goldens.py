@@ -1,0 +1,435 @@
+"""The golden-tensor store: round trips, every kind of damage detected with a message naming the file
+and the fix, stale goldens never used, crash- and concurrency-safe writes, and runs from goldens alone."""
+
+import json
+import os
+import random
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import harness.cli_goldens
+import harness.expected
+import harness.goldens
+from harness import cli
+from harness.candidates import load_candidate
+from harness.case import Case, curated_cases
+from harness.cli_goldens import verify_one
+from harness.expected import compute_expected
+from harness.golden_format import diff_tensors, reference_fingerprint
+from harness.goldens import (COMMITTED_BUDGET, GoldenCorrupt, GoldenError, GoldenMissing, GoldenSource,
+                             GoldenStale, GoldenStore)
+from harness.jsonfile import write_json
+from harness.runner import run_case
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = [
+    Case(layer=0, lengths=(9,), input_seed=1),
+    Case(layer=1, lengths=(12, 5), padding="left", plan="decode", decode_steps=2, input_seed=2),
+    Case(layer=0, lengths=(20,), plan="chunked", chunk_offset=8, sinks="dominant", input_seed=3),
+    Case(layer=0, lengths=(6, 4), depth=2, stack_mode="teacher", input_seed=4),
+]
+
+
+@pytest.fixture
+def case_file(tmp_path):
+    return str(write_json(tmp_path / "cases.json", [c.to_dict() for c in CASES]))
+
+
+@pytest.fixture
+def store(tmp_path, case_file):
+    """A store holding the goldens of CASES, written through the command line."""
+    assert cli.main(["goldens", "regenerate", "--dir", str(tmp_path / "store"), "--case-file", case_file]) == 0
+    return GoldenStore(tmp_path / "store")
+
+
+def _file_of(store: GoldenStore, case: Case) -> Path:
+    return store.root / store.entries()[case.id]["file"]
+
+
+def test_regenerate_then_verify_round_trips(store, case_file, capsys):
+    assert cli.main(["goldens", "verify", "--dir", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert out.count(": ok: recomputed tensors equal the stored ones") == len(CASES), out
+    # loading gives back what was computed, at every judged position
+    for case in CASES:
+        loaded, fresh = store.load(case), compute_expected(case)
+        assert len(loaded) == len(fresh) == case.depth
+        for a, b in zip(loaded, fresh):
+            rows = b.batch.compare
+            assert torch.equal(a.batch.hidden, b.batch.hidden)
+            for stage, t in b.reference.items():
+                if stage == "scores":
+                    assert stage not in a.reference
+                    continue
+                sel = rows if stage != "probs" else rows[:, None, :].expand(t.shape[:3])
+                assert torch.equal(a.reference[stage][sel], t[sel]), stage
+                assert torch.allclose(a.oracle[stage][sel], b.oracle[stage][sel], rtol=2**-23, atol=0, equal_nan=True)
+    # regenerating identical goldens rewrites nothing
+    before = store.manifest_path.read_bytes()
+    assert cli.main(["goldens", "regenerate", "--dir", str(store.root)]) == 0
+    assert f"{len(CASES)} unchanged" in capsys.readouterr().out
+    assert store.manifest_path.read_bytes() == before
+    assert cli.main(["goldens", "list", "--dir", str(store.root)]) == 0
+    listed = capsys.readouterr().out
+    assert all(c.id in listed for c in CASES) and "stale" not in listed and "corrupt" not in listed
+
+
+def test_manifest_describes_each_golden(store):
+    entry = store.entries()[CASES[0].id]
+    assert Case.from_dict(entry["case"]) == CASES[0]
+    assert entry["fingerprint"] == reference_fingerprint()
+    assert entry["versions"]["torch"] == torch.__version__ and entry["oracle_dtype"] == "float32"
+    out = entry["tensors"]["layer0.reference.output"]
+    assert out["dtype"] == "bfloat16" and out["shape"] == [9, 96] and len(out["sha256"]) == 64
+    assert out["stats"]["finite"] == 9 * 96 and out["stats"]["rms"] > 0
+    assert entry["tensors"]["layer0.oracle.output"]["dtype"] == "float32"
+    assert "scores" in entry["omitted"]
+
+
+def test_flipped_byte_is_detected(store, capsys):
+    path = _file_of(store, CASES[1])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+    with pytest.raises(GoldenCorrupt, match="does not match its sha256") as err:
+        store.load(CASES[1])
+    assert str(path) in str(err.value) and f"parity goldens regenerate --case {CASES[1].id} --dir" in str(err.value)
+    assert cli.main(["goldens", "verify", "--dir", str(store.root)]) == 1
+    out = capsys.readouterr().out
+    assert "does not match its sha256" in out and "3 of 4 golden(s) verified, 1 problem(s)" in out
+    store.load(CASES[0])  # the others are untouched
+
+
+def test_truncated_file_is_detected(store):
+    path = _file_of(store, CASES[2])
+    full = path.read_bytes()
+    path.write_bytes(full[: len(full) - 100])
+    with pytest.raises(GoldenCorrupt, match=rf"has {len(full) - 100} bytes, the manifest says {len(full)} \(truncated"):
+        store.load(CASES[2])
+    path.unlink()
+    with pytest.raises(GoldenCorrupt, match="is missing"):
+        store.load(CASES[2])
+
+
+@pytest.mark.parametrize("edit", ["stats", "case", "sha256", "shape"])
+def test_hand_edited_manifest_is_detected(store, edit):
+    manifest = json.loads(store.manifest_path.read_text())
+    entry = manifest["goldens"][CASES[0].id]
+    if edit == "stats":
+        entry["tensors"]["layer0.oracle.output"]["stats"]["max"] = 1.0
+    elif edit == "case":
+        entry["case"]["input_seed"] = 99
+    elif edit == "sha256":
+        entry["sha256"] = "0" * 64
+    else:
+        entry["tensors"]["layer0.oracle.output"]["shape"] = [9, 95]
+    store.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(GoldenCorrupt, match="was edited") as err:
+        store.load(CASES[0])
+    assert str(store.manifest_path) in str(err.value) and "regenerate" in str(err.value)
+
+
+def test_a_consistently_forged_entry_still_fails_on_the_file(store):
+    """Someone who also fixes the entry's checksum is caught by the tensor file's own header."""
+    manifest = json.loads(store.manifest_path.read_text())
+    entry = manifest["goldens"][CASES[0].id]
+    entry["tensors"]["layer0.oracle.output"]["shape"] = [9, 95]
+    entry["checksum"] = harness.goldens._checksum(entry)
+    store.manifest_path.write_text(json.dumps(manifest))
+    with pytest.raises(GoldenCorrupt, match=r"tensor layer0.oracle.output is \(9, 96\) float32, the manifest says"):
+        store.load(CASES[0])
+
+
+def test_unreadable_manifest_is_reported_and_never_overwritten(store, capsys):
+    store.manifest_path.write_text('{"format": "gpt-oss-parity golden", "goldens": {')
+    with pytest.raises(GoldenCorrupt, match="is not valid JSON") as err:
+        store.load(CASES[0])
+    assert str(store.manifest_path) in str(err.value) and "restore it" in str(err.value)
+    damaged = store.manifest_path.read_bytes()
+    assert cli.main(["goldens", "regenerate", "--dir", str(store.root)]) == 2
+    assert "is not valid JSON" in capsys.readouterr().err
+    assert store.manifest_path.read_bytes() == damaged  # nothing was written over it
+
+
+def test_missing_golden_names_the_exact_command(tmp_path, store, case_file, monkeypatch):
+    empty = tmp_path / "empty"
+    with pytest.raises(GoldenMissing) as err:
+        GoldenStore(empty).load(CASES[0])
+    command = f"parity goldens regenerate --case {CASES[0].id} --dir {empty}"
+    assert f"`{command}`" in str(err.value)
+    with pytest.raises(GoldenMissing) as err:
+        GoldenSource([GoldenStore(empty)], compute=False, case_files={CASES[0].id: case_file})(CASES[0])
+    assert f"`parity goldens regenerate --case-file {case_file} --dir {empty}`" in str(err.value)
+    with pytest.raises(GoldenMissing, match=rf"create it with `parity goldens regenerate --case {curated_cases()[0].id}`"):
+        monkeypatch.setenv("PARITY_GOLDEN_DIR", str(tmp_path / "no-goldens"))
+        GoldenSource([GoldenStore.committed()], compute=False)(curated_cases()[0])
+    # and the command it names creates exactly that golden
+    assert cli.main(command.split()[1:] + ["--case-file", case_file]) == 0
+    GoldenStore(empty).load(CASES[0])
+
+
+def test_stale_goldens_are_reported_not_used(store, monkeypatch):
+    monkeypatch.setattr(harness.goldens, "reference_fingerprint", lambda: "0123456789abcdef")
+    with pytest.raises(GoldenStale, match="is stale: written by reference fingerprint") as err:
+        store.load(CASES[0])
+    assert "regenerate" in str(err.value)
+    with pytest.raises(GoldenStale):
+        GoldenSource([store], compute=False)(CASES[0])
+    logged = []
+    source = GoldenSource([store], compute=True, log=logged.append)
+    layers = source(CASES[0])
+    assert source.computed == 1 and source.loaded == 0 and "stale" in logged[0]
+    assert torch.equal(layers[0].reference["output"], compute_expected(CASES[0])[0].reference["output"])
+
+
+def test_generator_drift_makes_a_golden_stale(store, monkeypatch):
+    real = harness.goldens.make_batch
+
+    def drifted(case, spec):
+        batch = real(case, spec)
+        return batch.with_hidden(batch.hidden * 2)
+
+    monkeypatch.setattr(harness.goldens, "make_batch", drifted)
+    with pytest.raises(GoldenStale, match="inputs the case's seeds generate today differ"):
+        store.load(CASES[0])
+
+
+def test_dtype_and_shape_changes_fail_verify(store, monkeypatch):
+    real = harness.cli_goldens.compute_expected
+
+    def changed(case, checkpoint=None):
+        layers = real(case, checkpoint)
+        layers[0].reference["output"] = layers[0].reference["output"].float()
+        return layers
+
+    monkeypatch.setattr(harness.cli_goldens, "compute_expected", changed)
+    ok, message = verify_one(store, CASES[0])
+    assert not ok and "layer0.reference.output: dtype: dtype bfloat16 -> float32" in message
+    old = {"t": torch.zeros(3, 4)}
+    (d,) = diff_tensors(old, {"t": torch.zeros(4, 3)})
+    assert d.change == "shape" and d.detail == "shape (3, 4) -> (4, 3)"
+
+
+def test_value_drift_is_reported_in_units_of_the_reference_error(store, monkeypatch):
+    real = harness.cli_goldens.compute_expected
+
+    def drifted(case, checkpoint=None):
+        layers = real(case, checkpoint)
+        out = layers[0].reference["output"]
+        out[0, 0, :3] = (out[0, 0, :3].float() + 0.5).to(out.dtype)
+        return layers
+
+    monkeypatch.setattr(harness.cli_goldens, "compute_expected", drifted)
+    ok, message = verify_one(store, CASES[0])
+    assert not ok and "DRIFT in 1 tensor(s)" in message
+    assert "layer0.reference.output: values: 3 of 864 elements differ, max |diff| 0.5" in message
+    assert "x the reference's own max error there" in message
+
+
+def test_regenerate_reports_what_changed(store, monkeypatch, capsys):
+    real = harness.cli_goldens.compute_expected
+
+    def drifted(case, checkpoint=None):
+        layers = real(case, checkpoint)
+        layers[0].oracle["attn"] = layers[0].oracle["attn"] * 1.01
+        return layers
+
+    monkeypatch.setattr(harness.cli_goldens, "compute_expected", drifted)
+    assert cli.main(["goldens", "regenerate", "--dir", str(store.root), "--case", CASES[0].id]) == 0
+    out = capsys.readouterr().out
+    assert f"{CASES[0].id}: changed: layer0.oracle.attn" in out and "elements differ" in out
+    assert "1 changed" in out
+
+
+def test_over_budget_goldens_are_refused_and_nothing_is_written(tmp_path):
+    small = GoldenStore(tmp_path / "s", budget=100_000)
+    small.write(CASES[0], compute_expected(CASES[0]))
+    before = small.manifest_path.read_bytes()
+    with pytest.raises(GoldenError, match="over its budget of 0 MiB") as err:
+        small.write(CASES[1], compute_expected(CASES[1]))
+    assert "Nothing was written" in str(err.value)
+    assert small.manifest_path.read_bytes() == before and len(list(small.root.glob("*.safetensors"))) == 1
+
+
+def test_committed_store_holds_every_curated_case_within_budget(capsys):
+    store = GoldenStore.committed()
+    entries = store.entries()
+    assert {c.id for c in curated_cases()} <= set(entries), "run `parity goldens regenerate` and commit cases/goldens"
+    assert store.size() <= COMMITTED_BUDGET
+    assert sum(1 for c in curated_cases() if c.preset == "full") >= 3
+    assert not store.stray_files()
+
+
+def test_committed_goldens_match_the_reference(capsys):
+    """The drift pin: recompute every committed golden (torch or reference changes show up here)."""
+    rc = cli.main(["goldens", "verify"])
+    assert rc == 0, capsys.readouterr().out
+
+
+def test_no_pickle_anywhere(store):
+    """Goldens are safetensors (no code to run) and nothing in the harness unpickles."""
+    data = _file_of(store, CASES[0]).read_bytes()
+    (n,) = struct.unpack("<Q", data[:8])
+    assert json.loads(data[8 : 8 + n])["__metadata__"]["format"] == "gpt-oss-parity golden"
+    for path in [*(ROOT / "harness").rglob("*.py"), *(ROOT / "reference").rglob("*.py")]:
+        text = path.read_text()
+        assert "import pickle" not in text and "torch.load(" not in text and "weights_only=False" not in text, path
+
+
+CANDIDATES = ["emulation", "flash", "mutant:window_w_plus_1", "mutant:sinks_dropped", "mutant:gqa_tile_not_interleave"]
+
+
+def test_verdicts_from_goldens_match_computed_ones(store):
+    for case in CASES:
+        candidates = [load_candidate(c) for c in CANDIDATES]
+        computed = run_case(case, candidates)
+        golden = run_case(case, candidates, expected=GoldenSource([store], compute=False))
+        for a, b in zip(computed, golden):
+            assert a.verdict == b.verdict, (case.id, a.candidate, a.message, b.message)
+            ratios = {(s.layer, s.stage): s for s in a.stages}
+            assert {(s.layer, s.stage) for s in b.stages} == set(ratios) - {(s[0], "scores") for s in ratios}
+            for s in b.stages:
+                assert s.max_ratio == pytest.approx(ratios[s.layer, s.stage].max_ratio, rel=1e-3, abs=1e-6)
+
+
+def test_run_with_the_reference_disabled_checks_curated_cases_from_goldens(monkeypatch, capsys, tmp_path):
+    monkeypatch.setenv("PARITY_FAILURES_DIR", str(tmp_path / "failures"))
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the reference or oracle ran although --no-reference was given")
+
+    for module, name in ((harness.expected, "run_reference"), (harness.expected, "run_oracle"),
+                         (harness.goldens, "compute_expected")):
+        monkeypatch.setattr(module, name, refuse)
+    files = [str(p) for p in sorted((ROOT / "cases").glob("*.json"))]
+    args = ["run", "--no-reference", "--candidate", "emulation", "--candidate", "mutant:no_window", "--no-probes"]
+    rc = cli.main(args + [a for f in files for a in ("--case-file", f)])
+    out = capsys.readouterr().out
+    n = len(curated_cases())
+    assert rc == 1 and f"expected tensors: {n} case(s) from goldens, 0 computed" in out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("small-", "full-"))]
+    assert len(rows) == 2 * n
+    assert all(r[2] == "PASS" for r in rows if r[1] == "emulation")
+    assert any(r[2] == "FAIL" for r in rows if r[1] == "mutant:no_window")
+    # and a failure replays from the goldens too
+    repro = sorted((tmp_path / "failures").glob("*no_window*.json"))[0]
+    assert cli.main(["replay", str(repro), "--no-reference"]) == 1
+    assert "first divergent stage" in capsys.readouterr().out
+
+
+def test_run_caches_goldens_for_cases_without_one(tmp_path, monkeypatch, case_file, capsys):
+    monkeypatch.setenv("PARITY_GOLDEN_CACHE", str(tmp_path / "cache"))
+    args = ["run", "--goldens", "--candidate", "emulation", "--no-probes", "--case-file", case_file]
+    assert cli.main(args) == 0
+    assert f"0 case(s) from goldens, {len(CASES)} computed and cached" in capsys.readouterr().out
+    assert cli.main(args) == 0
+    assert f"{len(CASES)} case(s) from goldens, 0 computed" in capsys.readouterr().out
+    assert cli.main(["run", "--no-reference", "--checkpoint", str(tmp_path), "--case-file", case_file]) == 2
+
+
+# -- crashes and concurrent writers (subprocesses) ---------------------------------------------------
+
+def _regenerate(store_dir, case_file, pause="0"):
+    env = {**os.environ, "PARITY_GOLDENS_PAUSE": pause, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-m", "harness.cli", "goldens", "regenerate", "--dir", str(store_dir),
+                             "--case-file", case_file], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _versions(store: GoldenStore) -> dict[str, str]:
+    """Each golden's content: its tensors' hashes (file bytes also hold a header in no fixed order)."""
+    return {cid: json.dumps({n: t["sha256"] for n, t in e["tensors"].items()}, sort_keys=True)
+            for cid, e in store.entries().items()}
+
+
+def _assert_valid(store: GoldenStore, allowed: dict[str, set[str]]) -> None:
+    """Every golden loads cleanly and is one of the allowed versions (old or new)."""
+    versions = _versions(store)
+    assert set(versions) == set(allowed)
+    for case in CASES[:3]:
+        store.load(case)
+        assert versions[case.id] in allowed[case.id]
+
+
+@pytest.mark.slow
+def test_killing_a_regenerate_never_leaves_a_half_written_golden(tmp_path, case_file):
+    cases = CASES[:3]
+    write_json(case_file, [c.to_dict() for c in cases])
+    old = GoldenStore(tmp_path / "old")
+    for case in cases:  # an older, different version of every golden
+        layers = compute_expected(case)
+        layers[0].reference["output"] = layers[0].reference["output"] * 2
+        old.write(case, layers)
+    old_sha = _versions(old)
+    store = GoldenStore(tmp_path / "store")
+    shutil.copytree(old.root, store.root)
+    started = time.monotonic()
+    proc = _regenerate(store.root, case_file, pause="0.05")
+    assert proc.wait() == 0, proc.stderr.read()
+    duration = time.monotonic() - started
+    new_sha = _versions(store)
+    assert all(new_sha[c] != old_sha[c] for c in new_sha)
+    allowed = {cid: {old_sha[cid], new_sha[cid]} for cid in old_sha}
+    rng = random.Random(5)
+    outcomes = []
+    for _ in range(20):
+        shutil.rmtree(store.root)
+        shutil.copytree(old.root, store.root)
+        proc = _regenerate(store.root, case_file, pause="0.05")
+        time.sleep(rng.uniform(0.3, duration))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        _assert_valid(store, allowed)
+        outcomes.append(sum(_versions(store)[c] == new_sha[c] for c in new_sha))
+    assert len(set(outcomes)) > 1, f"every kill landed at the same point: {outcomes}"
+    # the next regenerate finishes the job and removes what the killed writers left behind
+    assert _regenerate(store.root, case_file).wait() == 0
+    _assert_valid(store, {cid: {new_sha[cid]} for cid in new_sha})
+    assert not store.stray_files()
+
+
+@pytest.mark.slow
+def test_concurrent_regenerates_leave_a_valid_store(tmp_path, case_file):
+    a_file = str(write_json(tmp_path / "a.json", [c.to_dict() for c in CASES[:3]]))
+    b_file = str(write_json(tmp_path / "b.json", [c.to_dict() for c in CASES[1:]]))
+    store = GoldenStore(tmp_path / "store")
+    procs = [_regenerate(store.root, f, pause="0.02") for f in (a_file, b_file, a_file)]
+    for p in procs:
+        assert p.wait() == 0, p.stderr.read()
+    assert set(store.entries()) == {c.id for c in CASES}
+    for case in CASES:
+        store.load(case)
+    assert not store.stray_files()
+    assert cli.main(["goldens", "verify", "--dir", str(store.root)]) == 0
+
+
+def test_ci_never_writes_goldens():
+    env = {**os.environ, "CI": "1"}
+    out = subprocess.run([sys.executable, "-m", "pytest", "--regen-goldens", "-q", "-p", "no:cacheprovider",
+                          "tests/test_goldens.py::test_ci_never_writes_goldens"], cwd=ROOT, env=env,
+                         capture_output=True, text=True)
+    assert out.returncode == 4 and "CI never writes" in out.stderr + out.stdout
+
+
+def test_pytest_regen_goldens_rewrites_and_reports(tmp_path):
+    shutil.copytree(ROOT / "cases" / "goldens", tmp_path / "goldens", ignore=shutil.ignore_patterns(".lock"))
+    target = curated_cases()[1]
+    GoldenStore(tmp_path / "goldens").remove([target.id])
+    env = {k: v for k, v in os.environ.items() if k != "CI"}
+    env["PARITY_GOLDEN_DIR"] = str(tmp_path / "goldens")
+    run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--candidate", "reference",
+           f"tests/test_parity.py::test_curated_case_files[reference-{target.id}]"]
+    missing = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True)
+    assert missing.returncode == 1 and f"parity goldens regenerate --case {target.id}" in missing.stdout
+    regen = subprocess.run(run + ["--regen-goldens"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert regen.returncode == 0, regen.stdout
+    assert "goldens regenerated" in regen.stdout and f"{target.id}: new" in regen.stdout
+    GoldenStore(tmp_path / "goldens").load(target)
