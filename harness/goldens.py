@@ -112,7 +112,7 @@ class Change:
     """What a write did to one golden."""
 
     case_id: str
-    status: str  # "new", "unchanged", "changed", "replaced" (the old one was unreadable)
+    status: str  # "new", "unchanged", "re-stamped" (same tensors, other code), "changed", "replaced" (unreadable)
     diffs: list[TensorDiff] = field(default_factory=list)
     detail: str = ""
 
@@ -250,9 +250,8 @@ class GoldenStore:
             meta = json.loads(header_metadata(data).get("golden", "{}"))
         except Exception as exc:  # safetensors raises its own error types for a malformed header
             raise GoldenCorrupt(f"{where}: {path} is not a readable safetensors file ({exc}); {fix}") from None
-        if meta.get("case") != entry["case"] or meta.get("fingerprint") != entry["fingerprint"]:
-            raise GoldenCorrupt(f"{where}: {path} was written for another case or reference than its manifest "
-                                f"entry says; {fix}")
+        if meta.get("case") != entry["case"]:
+            raise GoldenCorrupt(f"{where}: {path} was written for another case than its manifest entry says; {fix}")
         described = entry["tensors"]
         if set(tensors) != set(described):
             raise GoldenCorrupt(f"{where}: {path} holds tensors {sorted(tensors)}, the manifest lists "
@@ -291,9 +290,10 @@ class GoldenStore:
         """Store (or replace) the case's golden; returns what changed and by how much."""
         tensors, omitted = to_tensors(layers, teacher=case.stack_mode == "teacher")
         fingerprint = reference_fingerprint()
-        # one metadata key: safetensors writes its metadata map in no fixed order
-        data = serialise(tensors, {"format": FORMAT, "golden": json.dumps(
-            {"case": case.to_dict(), "fingerprint": fingerprint}, sort_keys=True)})
+        # One metadata key (safetensors writes its metadata map in no fixed order) and nothing that changes
+        # when the tensors do not (no fingerprint, no time): the same tensors give the same bytes, so a
+        # re-stamped golden adds nothing to git but its manifest entry.
+        data = serialise(tensors, {"golden": json.dumps({"format": FORMAT, "case": case.to_dict()}, sort_keys=True)})
         digest = hashlib.sha256(data).hexdigest()
         entry = {
             "case": case.to_dict(),
@@ -316,8 +316,11 @@ class GoldenStore:
             goldens = manifest["goldens"]
             old = goldens.get(case.id)
             change = self._change(case, old, tensors)
-            if change.status == "unchanged" and old["fingerprint"] == fingerprint and old["tensors"] == entry["tensors"]:
-                return change  # the same tensors from the same reference: keep the entry (and its history)
+            if change.status == "unchanged":
+                if old["fingerprint"] == fingerprint and old["tensors"] == entry["tensors"]:
+                    return change  # the same tensors from the same reference: keep the entry (and its history)
+                change = Change(case.id, "re-stamped", detail=f"the same tensors, now from reference fingerprint "
+                                                               f"{fingerprint} (was {old['fingerprint']})")
             if self.budget is not None:
                 others = sum(e["bytes"] for cid, e in goldens.items() if cid != case.id)
                 if others + len(data) > self.budget:

@@ -433,3 +433,22 @@ def test_pytest_regen_goldens_rewrites_and_reports(tmp_path):
     assert regen.returncode == 0, regen.stdout
     assert "goldens regenerated" in regen.stdout and f"{target.id}: new" in regen.stdout
     GoldenStore(tmp_path / "goldens").load(target)
+
+
+def test_fingerprint_ignores_comments_and_blank_lines_only():
+    from harness.golden_format import code_text
+
+    source = "x = 1  # why\n\n# a note\ny = '# not a comment'\n"
+    assert code_text(source) == "x = 1\ny = '# not a comment'"
+    assert code_text(source.replace("# why", "# because")) == code_text(source)
+    assert code_text(source.replace("x = 1", "x = 2")) != code_text(source)
+
+
+def test_new_reference_code_with_the_same_tensors_only_restamps(store, monkeypatch, capsys):
+    files = sorted(p.name for p in store.root.glob("*.safetensors"))
+    monkeypatch.setattr(harness.goldens, "reference_fingerprint", lambda: "0123456789abcdef")
+    assert cli.main(["goldens", "regenerate", "--dir", str(store.root)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(CASES)} re-stamped" in out and "now from reference fingerprint 0123456789abcdef" in out
+    assert sorted(p.name for p in store.root.glob("*.safetensors")) == files  # the same bytes, nothing new for git
+    store.load(CASES[0])
