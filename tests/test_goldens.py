@@ -278,7 +278,8 @@ def test_no_pickle_anywhere(store):
     """Goldens are safetensors (no code to run) and nothing in the harness unpickles."""
     data = _file_of(store, CASES[0]).read_bytes()
     (n,) = struct.unpack("<Q", data[:8])
-    assert json.loads(data[8 : 8 + n])["__metadata__"]["format"] == "gpt-oss-parity golden"
+    meta = json.loads(data[8 : 8 + n])["__metadata__"]
+    assert set(meta) == {"golden"} and json.loads(meta["golden"])["format"] == "gpt-oss-parity golden"
     for path in [*(ROOT / "harness").rglob("*.py"), *(ROOT / "reference").rglob("*.py")]:
         text = path.read_text()
         assert "import pickle" not in text and "torch.load(" not in text and "weights_only=False" not in text, path
