@@ -17,11 +17,14 @@ from harness.goldens import GoldenError, GoldenStore, cache_dir, committed_dir
 def target_store(args) -> GoldenStore:
     if args.cache and args.dir:
         raise UsageError("--cache and --dir both name the store; give one of them")
-    if args.cache:
-        return GoldenStore.cache()
-    if args.dir and Path(args.dir).resolve() != committed_dir().resolve():
-        return GoldenStore(args.dir)
-    return GoldenStore.committed()
+    try:
+        if args.cache:
+            return GoldenStore.cache()
+        if args.dir and Path(args.dir).resolve() != committed_dir().resolve():
+            return GoldenStore(args.dir)
+        return GoldenStore.committed()
+    except GoldenError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def _entries(store: GoldenStore) -> dict[str, dict]:
@@ -82,7 +85,7 @@ def cmd_regenerate(args) -> int:
             progress.show(i, f"computing {case.id}")
             try:
                 change = store.write(case, compute_expected(case))
-            except GoldenError as exc:
+            except (GoldenError, OSError) as exc:  # over budget, unreadable manifest, unwritable folder
                 progress.clear()
                 print(f"{case.id}: NOT WRITTEN: {exc}")
                 failed += 1
@@ -150,6 +153,9 @@ def cmd_verify(args) -> int:
                 problems += 1
         if store.is_committed:
             cases += [c for c in curated_cases() if c.id not in entries]
+    if not cases and not problems:
+        raise UsageError(f"nothing to verify: {store.label} holds no goldens (create them with "
+                         f"`parity goldens regenerate`{' and --dir or --cache' if not store.is_committed else ''})")
     print(f"verifying {len(cases)} golden(s) in {store.label} against the reference")
     progress = Progress(len(cases))
     started = time.monotonic()

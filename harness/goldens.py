@@ -129,6 +129,9 @@ class GoldenStore:
         self.root = Path(root)
         self.budget = budget
         self.label = label or str(self.root)
+        if self.root.exists() and not self.root.is_dir():
+            raise GoldenError(f"golden store {self.root} is a file, expected a folder (or a path where one can be "
+                              "created): name another one with --dir, $PARITY_GOLDEN_DIR or $PARITY_GOLDEN_CACHE")
 
     @classmethod
     def committed(cls) -> GoldenStore:

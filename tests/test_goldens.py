@@ -456,3 +456,15 @@ def test_new_reference_code_with_the_same_tensors_only_restamps(store, monkeypat
     assert f"{len(CASES)} re-stamped" in out and "now from reference fingerprint 0123456789abcdef" in out
     assert sorted(p.name for p in store.root.glob("*.safetensors")) == files  # the same bytes, nothing new for git
     store.load(CASES[0])
+
+
+def test_bad_store_arguments_are_usage_errors(tmp_path, case_file, capsys):
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("keep me")
+    assert cli.main(["goldens", "regenerate", "--dir", str(not_a_folder), "--case-file", case_file]) == 2
+    assert "is a file, expected a folder" in capsys.readouterr().err and not_a_folder.read_text() == "keep me"
+    assert cli.main(["goldens", "verify", "--dir", str(tmp_path / "none")]) == 2
+    assert "nothing to verify" in capsys.readouterr().err
+    assert cli.main(["goldens", "list", "--dir", "a", "--cache"]) == 2
+    assert cli.main(["goldens", "verify", "--case", "no-such-case"]) == 2
+    assert "no known case has that id" in capsys.readouterr().err
