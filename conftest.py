@@ -94,13 +94,12 @@ def generated_expected(pytestconfig):
     """Expected tensors of generated cases: computed, or through the golden cache under --goldens;
     under --no-reference such checks skip."""
     from harness.expected import compute_expected
-    from harness.goldens import GoldenSource, GoldenStore
+    from harness.goldens import GoldenSource
 
     if pytestconfig.getoption("--no-reference"):
         pytest.skip("--no-reference: generated cases need the CPU reference (curated cases run from goldens)")
     if pytestconfig.getoption("--goldens"):
-        cache = GoldenStore.cache()
-        return GoldenSource([GoldenStore.committed(), cache], cache=cache)
+        return GoldenSource.stores()
     return compute_expected
 
 

@@ -14,7 +14,7 @@ from harness.cli_goldens import add_parser as add_goldens_parser
 from harness.compare import Verdict
 from harness.console import Progress, UsageError, row
 from harness.expected import compute_expected
-from harness.goldens import GoldenError, GoldenSource, GoldenStore
+from harness.goldens import GoldenError, GoldenSource
 from harness.jsonfile import write_json
 from harness.report import load_records, record_of, write_report
 from harness.repro import load_failure, replay_command, save_failure
@@ -55,8 +55,10 @@ def expected_source(args, case_files: dict[str, str]):
         return compute_expected
     if getattr(args, "checkpoint", None):
         raise UsageError("--goldens and --no-reference use goldens of seeded weights; leave them out with --checkpoint")
-    stores = [GoldenStore.committed(), GoldenStore.cache()]
-    return GoldenSource(stores, cache=stores[1], compute=not args.no_reference, case_files=case_files)
+    try:
+        return GoldenSource.stores(compute=not args.no_reference, case_files=case_files)
+    except GoldenError as exc:  # e.g. $PARITY_GOLDEN_CACHE names a file
+        raise UsageError(str(exc)) from None
 
 
 def cmd_run(args) -> int:

@@ -186,6 +186,8 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def diff_tensors(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> list[TensorDiff]:
+    """Tensor by tensor; a change of values is also given in units of the reference's own max error at
+    that stage (from `old`), the scale on which a change matters."""
     out = []
     for name in sorted(set(old) | set(new)):
         if name not in old:
@@ -213,8 +215,11 @@ def diff_tensors(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> 
                 max_abs = math.inf  # a value became (or stopped being) NaN or infinite
             eps = torch.finfo(a.dtype).eps
             within = ".oracle." in name and bool(both.all()) and bool((gap <= 4 * eps * db[both].abs()).all())
-            out.append(TensorDiff(name, "values", f"{n} of {a.numel()} elements differ, max |diff| {max_abs:.3g}",
-                                  n, max_abs, within))
+            detail = f"{n} of {a.numel()} elements differ, max |diff| {max_abs:.3g}"
+            unit = reference_error(old, name)
+            if unit:
+                detail += f", {max_abs / unit:.2g}x the reference's own max error there"
+            out.append(TensorDiff(name, "values", detail, n, max_abs, within))
     return out
 
 

@@ -38,7 +38,7 @@ from harness.batch import layer_specs, make_batch
 from harness.case import CASES_DIR, Case
 from harness.expected import Expected, compute_expected
 from harness.golden_format import (FORMAT, VERSION, TensorDiff, deserialise, diff_tensors, from_tensors,
-                                   header_metadata, oracle_dtype, reference_error, reference_fingerprint, serialise, stats,
+                                   header_metadata, oracle_dtype, reference_fingerprint, serialise, stats,
                                    tensor_sha256, to_tensors, weights_sha256)
 from harness.jsonfile import write_bytes, write_json
 from harness.repro import safe_name
@@ -356,10 +356,6 @@ class GoldenStore:
         except GoldenError as exc:
             return Change(case.id, "replaced", detail=f"the old golden was unreadable ({exc})")
         diffs = [d for d in diff_tensors(before, tensors) if d.changed]
-        for d in diffs:
-            unit = reference_error(tensors, d.name)
-            if d.change == "values" and unit:
-                d.detail += f" ({d.max_abs / unit:.2g}x the reference's own max error there)"
         return Change(case.id, "changed" if diffs else "unchanged", diffs)
 
     def _collect_garbage(self, goldens: dict) -> None:
@@ -404,6 +400,12 @@ class GoldenSource:
     case_files: dict[str, str] = field(default_factory=dict)  # case id -> the case file it came from
     loaded: int = 0
     computed: int = 0
+
+    @classmethod
+    def stores(cls, compute: bool = True, case_files: dict[str, str] | None = None) -> GoldenSource:
+        """The committed store, then the local cache (where computed goldens go)."""
+        cache = GoldenStore.cache()
+        return cls([GoldenStore.committed(), cache], cache=cache, compute=compute, case_files=case_files or {})
 
     def __call__(self, case: Case, checkpoint: str | None = None) -> list[Expected]:
         if checkpoint is not None:

@@ -50,6 +50,17 @@ def _save(fig, img: Path, name: str) -> str:
     return name
 
 
+def _save_plot(fig, ax, img: Path, name: str, xlabel: str, ylabel: str, title: str, legend: bool = True) -> str:
+    """Label a single-axes figure and save it."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if legend:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, img, name)
+
+
 def _plots(r: dict, img: Path) -> list[tuple[str, str]]:
     """Render the pictures of one failing record; returns (file name, caption) pairs."""
     import matplotlib
@@ -75,11 +86,8 @@ def _plots(r: dict, img: Path) -> list[tuple[str, str]]:
                 ax.plot([i - 0.4, i + 0.4], [bounds[n][0]] * 2, "k--", lw=1)
         ax.set_yscale("log")
         ax.set_xticks(x, names, rotation=30)
-        ax.set_ylabel("error / reference's error")
-        ax.set_title("per-stage ratio (dashes: bound)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        name = _save(fig, img, f"{slug}-stages.png")
+        name = _save_plot(fig, ax, img, f"{slug}-stages.png", "", "error / reference's error",
+                          "per-stage ratio (dashes: bound)")
         out.append((name, "Per-stage error ratio against the bf16 reference; the first bar above its dash is where it breaks."))
 
     if "attn_token_head" in maps:
@@ -111,12 +119,8 @@ def _plots(r: dict, img: Path) -> list[tuple[str, str]]:
                     if pos.max() >= edge - 1:
                         ax.axvline(edge - 0.5, color="k", ls="--", lw=1)
                 ax.text(window - 0.5, ax.get_ylim()[1] * 0.9, f" W={window}", fontsize=8)
-            ax.set_xlabel("position")
-            ax.set_ylabel("|output - oracle| (max over hidden)")
-            ax.set_title("block-output error against position")
-            ax.legend(fontsize=8)
-            fig.tight_layout()
-            name = _save(fig, img, f"{slug}-position.png")
+            name = _save_plot(fig, ax, img, f"{slug}-position.png", "position", "|output - oracle| (max over hidden)",
+                              "block-output error against position")
             out.append((name, "Output error against position; dashes mark the window edges. Errors that start at W or 2W are window or cache bugs."))
 
     layers = r.get("layers") or []
@@ -124,11 +128,8 @@ def _plots(r: dict, img: Path) -> list[tuple[str, str]]:
         fig, ax = plt.subplots(figsize=(6, 3))
         ax.plot([l["layer"] for l in layers], [max(l["worst_ratio"] or 1e-3, 1e-3) for l in layers], "o-")
         ax.set_yscale("log")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("worst ratio")
-        ax.set_title(f"per-layer error ({case.get('stack_mode', '')})")
-        fig.tight_layout()
-        name = _save(fig, img, f"{slug}-layers.png")
+        name = _save_plot(fig, ax, img, f"{slug}-layers.png", "layer", "worst ratio",
+                          f"per-layer error ({case.get('stack_mode', '')})", legend=False)
         out.append((name, "Worst ratio per layer of the stack."))
     return out
 

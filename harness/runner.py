@@ -12,11 +12,9 @@ from harness.batch import Batch, BlockSpec
 from harness.candidates import Candidate, CandidateResult, normalise_result
 from harness.case import Case
 from harness.compare import Bounds, Verdict, compare, judge_stage_in_batch
-from harness.expected import Expected, ExpectedFn, compute_expected, expected_for, next_input, produce_expected
+from harness.expected import Expected, ExpectedFn, compute_expected, next_input
 from harness.probes import BINDING, STRICT, build_probes, judge_probe
 from harness.stages import STAGES
-
-__all__ = ["Expected", "expected_for", "produce_expected", "judge", "run_case", "run_stack"]
 
 
 def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch) -> CandidateResult | str:

@@ -21,8 +21,9 @@ from dataclasses import asdict, dataclass, field, replace
 from hypothesis import HealthCheck, given, settings
 
 from harness.case import Case
+from harness.expected import Expected, expected_for
 from harness.mutants import BENIGN, MUTANTS, variant
-from harness.runner import Expected, expected_for, judge
+from harness.runner import judge
 from harness.strategies import W, cases
 
 # Each ablation: the generator arguments that remove one ingredient, and the mutants it should let live.

@@ -8,7 +8,8 @@ import pytest
 from harness.candidates import load_candidate
 from harness.case import Case
 from harness.compare import Bound, Bounds
-from harness.runner import expected_for, judge
+from harness.expected import expected_for
+from harness.runner import judge
 
 CASE = Case(layer=0, lengths=(140,), sinks="dominant", weight_seed=1, input_seed=1)
 

@@ -9,8 +9,9 @@ from harness.candidates import load_candidate
 from harness.candidates.emulation import EmulatedBlock
 from harness.case import Case
 from harness.cli import main
+from harness.expected import expected_for
 from harness.report import load_records, record_of, write_report
-from harness.runner import expected_for, judge, run_case
+from harness.runner import judge, run_case
 from harness.tolerances import Bounds, load_bounds
 from tests.broken_candidates import OutputOnly
 
