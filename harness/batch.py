@@ -8,7 +8,7 @@ import torch
 
 from harness.case import Case
 from harness.presets import preset
-from harness.seeds import generator
+from harness.seeds import choice, generator, normal, uniform
 from harness.weights import config_from_checkpoint, load_layer_weights, make_weights
 from reference.gpt_oss import ModelConfig
 
@@ -56,20 +56,32 @@ class Batch:
         return self.hidden[row, self.slots(row)]
 
 
-def make_inputs(case: Case, config: ModelConfig) -> list[torch.Tensor]:
-    """One float32 sequence per row, from the case's input seed; independent of padding side."""
-    out = []
-    for row, n in enumerate(case.lengths):
-        g = generator("inputs", case.input_seed, row)
-        x = torch.randn(n, config.hidden_size, generator=g)
+# Inputs are drawn in blocks of this many tokens, each block from its own stream: a token's values
+# depend only on (input seed, row, position), so any stretch of a row can be made alone.
+INPUT_BLOCK = 256
+
+
+def input_tokens(case: Case, config: ModelConfig, row: int, start: int, stop: int) -> torch.Tensor:
+    """Float64 hidden states of positions [start, stop) of one row, the same on every machine."""
+    h = config.hidden_size
+    blocks = []
+    for block in range(start // INPUT_BLOCK, (stop + INPUT_BLOCK - 1) // INPUT_BLOCK):
+        g = generator("inputs", case.input_seed, row, block)
+        x = normal(g, INPUT_BLOCK, h)
         if case.inputs == "large":
             # Residual-stream magnitudes grow with depth; a few tokens far larger than the rest.
-            x *= 1.0 + 30.0 * torch.rand(n, 1, generator=g) ** 4
-        elif case.inputs == "outliers":
-            channels = torch.randperm(config.hidden_size, generator=g)[:4]
-            x[:, channels] *= 50.0
-        out.append(x)
-    return out
+            x *= 1.0 + 30.0 * uniform(g, INPUT_BLOCK)[:, None] ** 4
+        blocks.append(x)
+    lo = (start // INPUT_BLOCK) * INPUT_BLOCK
+    x = torch.cat(blocks)[start - lo : stop - lo]
+    if case.inputs == "outliers":
+        x[:, choice(generator("inputs-outliers", case.input_seed, row), h, 4)] *= 50.0
+    return x
+
+
+def make_inputs(case: Case, config: ModelConfig) -> list[torch.Tensor]:
+    """One float64 sequence per row, from the case's input seed; independent of padding side."""
+    return [input_tokens(case, config, row, 0, n) for row, n in enumerate(case.lengths)]
 
 
 def plan_steps(case: Case) -> tuple[tuple[tuple[int, int], ...], ...]:

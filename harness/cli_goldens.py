@@ -7,10 +7,11 @@ import time
 from pathlib import Path
 
 from harness import case as case_module
+from harness import cpu
 from harness.case import Case, curated_cases
 from harness.console import Progress, UsageError, row
 from harness.expected import compute_expected
-from harness.golden_format import diff_tensors, to_tensors
+from harness.golden_format import case_of_file, diff_tensors, to_tensors
 from harness.goldens import GoldenError, GoldenStore, cache_dir, committed_dir
 
 
@@ -36,10 +37,10 @@ def _entries(store: GoldenStore) -> dict[str, dict]:
 
 def _stored_cases(store: GoldenStore) -> list[Case]:
     out = []
-    for entry in _entries(store).values():
+    for cid, entry in _entries(store).items():
         try:
-            out.append(Case.from_dict(entry.get("case")))
-        except (ValueError, TypeError):
+            out.append(stored_case(store, cid, entry))
+        except GoldenError:
             continue  # verify and list report such entries
     return out
 
@@ -68,9 +69,30 @@ def select_cases(args, store: GoldenStore, default: list[Case]) -> list[Case]:
     return list(dict.fromkeys(chosen))
 
 
+def recovered_cases(folder: Path) -> list[Case]:
+    """The cases of the tensor files in `folder` (a store moved aside by --rebuild), read from their headers."""
+    found = []
+    for f in sorted(folder.glob("*.safetensors")):
+        try:
+            found.append(Case.from_dict(case_of_file(f)))
+        except (ValueError, TypeError):
+            print(f"{f}: no readable case in its header; not rebuilt (kept where it is)")
+    return list(dict.fromkeys(found))
+
+
 def cmd_regenerate(args) -> int:
     store = target_store(args)
-    default = curated_cases() if store.is_committed else _stored_cases(store)
+    if args.rebuild:
+        try:
+            aside = store.move_aside() if store.root.is_dir() else None
+        except OSError as exc:
+            raise UsageError(f"cannot move the files of {store.label} aside for --rebuild: {exc}") from None
+        if aside:
+            print(f"moved the old manifest and tensor files of {store.label} to {aside} (nothing deleted)")
+        default = curated_cases() if store.is_committed else recovered_cases(aside) if aside else []
+    else:
+        _entries(store)  # an unreadable manifest stops here, with the fix (--rebuild), before anything is computed
+        default = curated_cases() if store.is_committed else _stored_cases(store)
     cases = select_cases(args, store, default)
     if not cases:
         raise UsageError(f"nothing to regenerate in {store.label}: it holds no goldens yet; "
@@ -84,7 +106,7 @@ def cmd_regenerate(args) -> int:
         for i, case in enumerate(cases, 1):
             progress.show(i, f"computing {case.id}")
             try:
-                change = store.write(case, compute_expected(case))
+                change = store.write(case, compute_expected(case), force=args.force)
             except (GoldenError, OSError) as exc:  # over budget, unreadable manifest, unwritable folder
                 progress.clear()
                 print(f"{case.id}: NOT WRITTEN: {exc}")
@@ -112,47 +134,79 @@ def cmd_regenerate(args) -> int:
 
 def verify_one(store: GoldenStore, case: Case) -> tuple[bool, str]:
     """(ok, what to print) for one golden: integrity, freshness, then a recomputation compared
-    tensor by tensor (the reference bit for bit, the oracle within its storage precision)."""
+    tensor by tensor: the oracle within its storage precision, the reference within platform rounding
+    (harness/rounding.py; bit-identity is reported where it holds)."""
     try:
         stored, _, _ = store.check(case)
     except GoldenError as exc:
         return False, str(exc)
     fresh, _ = to_tensors(compute_expected(case), teacher=case.stack_mode == "teacher")
     diffs = [d for d in diff_tensors(stored, fresh) if d.changed]
-    drift = [d for d in diffs if not d.within_storage]
+    drift = [d for d in diffs if not d.accepted]
+    written = store.entries()[case.id].get("platform")
+    here = cpu.describe()
+    where = ""
+    if cpu.kernels(written) != cpu.kernels(here):
+        where = f"\n    written on {cpu.summary(written)}\n    verified on {cpu.summary(here)}"
     if not drift:
-        note = f" (oracle within float storage precision in {len(diffs)} tensor(s))" if diffs else ""
-        return True, "ok: recomputed tensors equal the stored ones" + note
+        rounded = [d for d in diffs if ".oracle." not in d.name]
+        if not rounded:
+            note = f" (the oracle within its storage precision in {len(diffs)} tensor(s))" if diffs else ""
+            return True, "ok: bit-identical to the stored tensors" + note + where
+        checks = [d.rounding for d in rounded if d.rounding]
+        return True, (f"ok: within platform rounding: {len(rounded)} reference tensor(s) differ, by at most "
+                      f"{max(d.elements for d in rounded)} elements, {max(c.max_ulps for c in checks):.3g} ulps of "
+                      f"magnitude, and a change of the reference's RMS error of "
+                      f"{max(abs(c.error_change) for c in checks):.2%}" + where)
     lines = [f"    {d.name}: {d.change}: {d.detail}" for d in drift]
-    return False, (f"DRIFT in {len(drift)} tensor(s): the reference now computes something else (torch "
-                   f"{_stored_torch(store, case)} wrote it); if that is expected, run "
-                   f"`{store.regenerate_command(case)}`\n" + "\n".join(lines))
+    return False, (f"DRIFT in {len(drift)} tensor(s): the reference now computes something else, beyond platform "
+                   f"rounding (torch {_stored_torch(store, case)} wrote it); if that is expected, run "
+                   f"`{store.regenerate_command(case)}`" + where + "\n" + "\n".join(lines))
 
 
 def _stored_torch(store: GoldenStore, case: Case) -> str:
     return store.entries()[case.id].get("versions", {}).get("torch", "?")
 
 
+def stored_case(store: GoldenStore, case_id: str, entry) -> Case:
+    """The case of the entry filed under `case_id`; GoldenError if the entry does not describe exactly
+    that case (a hand edit that makes it alias another case, or an unreadable one)."""
+    if store.is_committed and case_id in {c.id for c in curated_cases()}:
+        fix = f"run `parity goldens regenerate --case {case_id}`"
+    else:
+        fix = (f"restore the manifest{' (`git checkout -- ' + str(store.manifest_path) + '`)' if store.is_committed else ''} "
+               f"or drop the entry with `parity goldens regenerate --prune --case <the ids to keep>{store._dir_option()}`")
+    try:
+        case = Case.from_dict(entry.get("case") if isinstance(entry, dict) else entry)
+    except (ValueError, TypeError) as exc:
+        raise GoldenError(f"its manifest entry holds no valid case ({exc}); {fix}") from None
+    if case.id != case_id:
+        raise GoldenError(f"its manifest entry describes case {case.id}, not the case it is filed under (the entry "
+                          f"was edited); {fix}")
+    return case
+
+
 def cmd_verify(args) -> int:
     store = target_store(args)
     entries = _entries(store)
-    problems = 0
+    problems = corrupt = 0
     if args.case_file or args.case:
         cases = select_cases(args, store, [])
     else:
         cases = []
         for cid, entry in entries.items():
             try:
-                cases.append(Case.from_dict(entry.get("case")))
-            except (ValueError, TypeError) as exc:
-                print(f"{cid}: CORRUPT manifest entry ({exc}); run `parity goldens regenerate --case {cid}`")
-                problems += 1
+                cases.append(stored_case(store, cid, entry))
+            except GoldenError as exc:
+                print(f"{cid}: CORRUPT: {exc}")
+                corrupt += 1
         if store.is_committed:
             cases += [c for c in curated_cases() if c.id not in entries]
+    problems = corrupt
     if not cases and not problems:
         raise UsageError(f"nothing to verify: {store.label} holds no goldens (create them with "
                          f"`parity goldens regenerate`{' and --dir or --cache' if not store.is_committed else ''})")
-    print(f"verifying {len(cases)} golden(s) in {store.label} against the reference")
+    print(f"verifying {len(cases)} golden(s) in {store.label} against the reference, here on {cpu.summary(cpu.describe())}")
     progress = Progress(len(cases))
     started = time.monotonic()
     verified = 0
@@ -163,7 +217,7 @@ def cmd_verify(args) -> int:
         verified += ok
         problems += not ok
         print(f"{case.id}: {message}", flush=True)
-    print(f"\n{verified} of {len(cases)} golden(s) verified, {problems} problem(s) "
+    print(f"\n{verified} of {len(cases) + corrupt} golden(s) verified, {problems} problem(s) "
           f"({time.monotonic() - started:.1f} s)")
     return 1 if problems else 0
 
@@ -175,32 +229,37 @@ def list_store(store: GoldenStore) -> int:
           + (f" of {store.budget / 2**20:.0f} MiB budget" if store.budget else ""))
     if not entries and not store.is_committed:
         return 0
-    widths = (44, 6, 9, 20, 12, 10)
-    print(row(("case", "layers", "KiB", "created (UTC)", "torch", "state"), widths))
+    widths = (44, 6, 6, 20, 12, 22, 10)
+    print(row(("case", "layers", "KiB", "created (UTC)", "torch", "kernels (ATen/oneDNN)", "threads  state"), widths))
     bad = 0
     curated = {c.id for c in curated_cases()}
+    here = cpu.kernels(cpu.describe())
     for cid, entry in sorted(entries.items()):
         try:
-            store.check(Case.from_dict(entry.get("case")))
+            store.check(stored_case(store, cid, entry))
             state = "ok"
         except GoldenError as exc:
-            state = type(exc).__name__.replace("Golden", "").lower() or "invalid"
-            bad += 1
-        except (ValueError, TypeError):  # the entry's case itself is unreadable
-            state = "corrupt"
+            state = type(exc).__name__.replace("Golden", "").lower() or "corrupt"
+            state = "corrupt" if state == "error" else state
             bad += 1
         if store.is_committed and cid not in curated:
             state += " (not a curated case; --prune removes it)"
+        p = entry.get("platform") if isinstance(entry, dict) else None
+        kernels = f"{p.get('aten_capability', '?')}/{p.get('onednn_isa', '?')}" if p else "unrecorded"
+        if p and cpu.kernels(p) != here:
+            state += " (other kernels than here)"
         print(row((cid, entry.get("layers", "?"), f"{entry.get('bytes', 0) / 1024:.0f}",
-                   str(entry.get("created", "?"))[:19], entry.get("versions", {}).get("torch", "?"), state), widths))
+                   str(entry.get("created", "?"))[:19], (entry.get("versions") or {}).get("torch", "?"), kernels,
+                   f"{p.get('threads', '?') if p else '?':<9}{state}"), widths))
     if store.is_committed:
         for c in curated_cases():
             if c.id not in entries:
-                print(row((c.id, "-", "-", "-", "-", "missing"), widths))
+                print(row((c.id, "-", "-", "-", "-", "-", "-        missing"), widths))
                 bad += 1
     strays = store.stray_files()
     if strays:
         print(f"{len(strays)} stray file(s) left by an interrupted write; the next regenerate removes them")
+    print(f"here: {cpu.summary(cpu.describe())}")
     return bad
 
 
@@ -241,6 +300,14 @@ def add_parser(sub) -> None:
                                         "Exit 1 if a golden could not be written (e.g. over the size budget).")
     store_options(regen)
     regen.add_argument("--prune", action="store_true", help="also remove goldens of cases not selected")
+    regen.add_argument("--force", action="store_true",
+                       help="rewrite goldens whose recomputation differs from them by platform rounding only (by default "
+                            "they are kept, so that regenerating on another CPU changes nothing)")
+    regen.add_argument("--rebuild", action="store_true",
+                       help="start the store afresh: move its manifest and tensor files into replaced-<time>/ (nothing is "
+                            "deleted) and write every golden anew (the curated cases for the committed store, the cases "
+                            "of the moved files for another); the fix for a damaged manifest or one of another format "
+                            "version")
     regen.set_defaults(func=cmd_regenerate)
 
     verify = gsub.add_parser("verify", help="recompute goldens and compare with what is stored",

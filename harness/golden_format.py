@@ -7,12 +7,13 @@ Stored (names are "layer{i}.{producer}.{stage}" and "inputs.hidden"):
 - reference tensors exactly as the reference produced them (the case's dtype, bfloat16 or float32).
 - oracle tensors in float32 for bfloat16 cases (the rounding, 2^-24 relative, is 1/65536 of a bf16
   ulp and far below any bound) and in float64 for float32 cases (stored as computed).
-Only the judged rows (batch.compare) are stored, [N, ...] for per-token stages and [N, Hq, keys + 1]
-for probs; everything else is rebuilt as the producers leave it (NaN, 0 for masked probabilities).
-The scores stage is not stored: the probabilities carry the same mask information (a masked key must
-get exactly 0) at half the size, so goldens judge masks at the probs stage. Probability taps larger
-than SCORE_TAP_LIMIT elements are left out too, as the producers leave them out of dense runs that
-are too large; a golden then judges every other stage.
+Only the judged rows (batch.compare) are stored, [N, ...] for per-token stages, [N, Hq, keys] for
+scores and [N, Hq, keys + 1] for probs; everything else is rebuilt as the producers leave it (NaN,
+-inf for masked scores, 0 for masked probabilities). Scores are stored so that a run from goldens
+names a stage as a computed run does: with dominant sinks the probabilities of keys are far below the
+bound's floor (set by the sink column), and a wrong kv head shows at the scores only. Score and
+probability taps larger than SCORE_TAP_LIMIT elements are left out, as the producers leave them out
+of dense runs that are too large; a golden then judges every other stage.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ import reference.gpt_oss
 import reference.oracle
 from harness.batch import Batch
 from harness.expected import Expected
+from harness.rounding import RoundingCheck, check
 
 FORMAT = "gpt-oss-parity golden"
-VERSION = 1
+VERSION = 2  # 2: entries record the platform; seeded tensors no longer come from torch.randn
 # Elements of one stored probs tensor; larger ones are left out of the golden.
 SCORE_TAP_LIMIT = 1 << 18
-NOT_STORED = ("scores",)
 # The code whose output a golden holds (its fingerprint ignores comments and blank lines).
 FINGERPRINTED = (reference.gpt_oss, reference.oracle, harness.produce)
 QUERY_MAJOR = ("scores", "probs")  # [B, Hq, S, keys]: the query is dim 2
@@ -118,9 +119,6 @@ def to_tensors(layers: list[Expected], teacher: bool) -> tuple[dict[str, torch.T
         # the reference as it came (a change of its dtype is a change), the oracle at its storage precision
         for producer, values, dtype in (("reference", e.reference, None), ("oracle", e.oracle, oracle_dtype(e.spec.dtype))):
             for stage, t in values.items():
-                if stage in NOT_STORED:
-                    omitted.add(stage)
-                    continue
                 rows = _rows(stage, t, compare)
                 if stage in QUERY_MAJOR and rows.numel() > SCORE_TAP_LIMIT:
                     omitted.add(stage)
@@ -158,6 +156,17 @@ def header_metadata(data: bytes) -> dict[str, str]:
     return json.loads(data[8 : 8 + n]).get("__metadata__", {})
 
 
+def case_of_file(path: Path) -> dict | None:
+    """The case a golden's tensor file was written for (from its header), or None if unreadable."""
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            meta = json.loads(f.read(n)).get("__metadata__", {})
+        return json.loads(meta.get("golden", "{}")).get("case")
+    except (OSError, ValueError, struct.error):
+        return None
+
+
 def deserialise(data: bytes) -> dict[str, torch.Tensor]:
     from safetensors.torch import load
 
@@ -173,7 +182,10 @@ class TensorDiff:
     detail: str = ""
     elements: int = 0  # elements that differ
     max_abs: float = 0.0
-    within_storage: bool = False  # oracle values within the precision they are stored at
+    # the new values are the old ones rounded differently: the oracle within the precision it is
+    # stored at, a reference (or a stack's stored input) within platform rounding (harness/rounding.py)
+    accepted: bool = False
+    rounding: RoundingCheck | None = None  # a reference's comparison under the platform-rounding policy
 
     @property
     def changed(self) -> bool:
@@ -186,8 +198,9 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 def diff_tensors(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> list[TensorDiff]:
-    """Tensor by tensor; a change of values is also given in units of the reference's own max error at
-    that stage (from `old`), the scale on which a change matters."""
+    """Tensor by tensor. A change of values is given in units of the reference's own max error at that
+    stage (from `old`), the scale on which a change matters, and judged: the oracle is accepted within
+    its storage precision, a reference within platform rounding (measured against `old`'s oracle)."""
     out = []
     for name in sorted(set(old) | set(new)):
         if name not in old:
@@ -210,16 +223,21 @@ def diff_tensors(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> 
             da, db = a[differ].double(), b[differ].double()
             both = torch.isfinite(da) & torch.isfinite(db)
             gap = (da[both] - db[both]).abs()
-            max_abs = float(gap.max()) if gap.numel() else math.inf
-            if not bool(both.all()):
-                max_abs = math.inf  # a value became (or stopped being) NaN or infinite
-            eps = torch.finfo(a.dtype).eps
-            within = ".oracle." in name and bool(both.all()) and bool((gap <= 4 * eps * db[both].abs()).all())
+            max_abs = float(gap.max()) if gap.numel() and bool(both.all()) else math.inf
             detail = f"{n} of {a.numel()} elements differ, max |diff| {max_abs:.3g}"
             unit = reference_error(old, name)
             if unit:
                 detail += f", {max_abs / unit:.2g}x the reference's own max error there"
-            out.append(TensorDiff(name, "values", detail, n, max_abs, within))
+            if ".oracle." in name:
+                accepted = bool(both.all()) and bool((gap <= 4 * torch.finfo(a.dtype).eps * db[both].abs()).all())
+                if not accepted:
+                    detail += "; beyond the oracle's storage precision"
+            else:
+                oracle = old.get(name.replace(".reference.", ".oracle.")) if ".reference." in name else None
+                rounding = check(name, a, b, oracle)
+                accepted = rounding.accepted
+                detail += ("; platform rounding: " if accepted else "; not platform rounding: ") + rounding.describe()
+            out.append(TensorDiff(name, "values", detail, n, max_abs, accepted, None if ".oracle." in name else rounding))
     return out
 
 

@@ -6,12 +6,14 @@ the `block.N.attn.` prefix, and the reference dtypes: norm.scale float32, everyt
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
 from pathlib import Path
 
 import torch
 
-from harness.seeds import generator
+from harness.seeds import generator, normal, uniform
 from reference.gpt_oss import ModelConfig
 
 NAMES = ("norm.scale", "qkv.weight", "qkv.bias", "sinks", "out.weight", "out.bias")
@@ -41,34 +43,43 @@ def expected_dtype(name: str) -> torch.dtype:
 
 
 def make_weights(config: ModelConfig, seed: int, sinks: str = "small", scale: str = "normal") -> dict[str, torch.Tensor]:
-    """Deterministic weights; every head gets distinct values so head-order bugs are visible."""
+    """Deterministic weights, the same on every machine (harness/seeds.py); every head gets distinct
+    values so head-order bugs are visible. Each call returns new tensors (a candidate may modify them)."""
     if sinks not in SINK_REGIMES:
         raise ValueError(f"sinks={sinks!r} is not a sink regime; expected one of {SINK_REGIMES}")
     if scale not in SCALE_REGIMES:
         raise ValueError(f"scale={scale!r} is not a scale regime; expected one of {SCALE_REGIMES}")
+    cached = _seeded_weights(dataclasses.astuple(config), seed, sinks, scale)
+    return {name: t.clone() for name, t in cached.items()}
+
+
+@functools.lru_cache(maxsize=4)
+def _seeded_weights(dims: tuple, seed: int, sinks: str, scale: str) -> dict[str, torch.Tensor]:
+    # Cached: at full dims the float64 draws take about 2 s, and a run meets the same weights many times.
+    config = ModelConfig(*dims)
     g = generator("weights", seed)
     shapes = expected_shapes(config)
     h, hq, hkv, d = config.hidden_size, config.num_attention_heads, config.num_key_value_heads, config.head_dim
 
-    def normal(name: str, std: float) -> torch.Tensor:
-        return torch.randn(shapes[name], generator=g, dtype=torch.float32) * std
+    def normal_(name: str, std: float) -> torch.Tensor:
+        return normal(g, *shapes[name]) * std
 
-    qkv_w = normal("qkv.weight", h**-0.5)
+    qkv_w = normal_("qkv.weight", h**-0.5)
     if scale == "sharp":
         qkv_w[: (hq + hkv) * d] *= 3.0
     w = {
-        "norm.scale": 1.0 + normal("norm.scale", 0.2),
+        "norm.scale": 1.0 + normal_("norm.scale", 0.2),
         "qkv.weight": qkv_w,
-        "qkv.bias": normal("qkv.bias", 0.1),
-        "out.weight": normal("out.weight", (hq * d) ** -0.5),
-        "out.bias": normal("out.bias", 0.1),
+        "qkv.bias": normal_("qkv.bias", 0.1),
+        "out.weight": normal_("out.weight", (hq * d) ** -0.5),
+        "out.bias": normal_("out.bias", 0.1),
     }
     if sinks == "zero":
-        w["sinks"] = torch.zeros(hq)
+        w["sinks"] = torch.zeros(hq, dtype=torch.float64)
     elif sinks == "small":
-        w["sinks"] = normal("sinks", 1.0)
+        w["sinks"] = normal_("sinks", 1.0)
     else:
-        w["sinks"] = 5.0 + 10.0 * torch.rand(hq, generator=g)
+        w["sinks"] = 5.0 + 10.0 * uniform(g, hq)
     return {name: w[name].to(expected_dtype(name)) for name in NAMES}
 
 

@@ -57,7 +57,7 @@ def _file_of(store: GoldenStore, case: Case) -> Path:
 def test_regenerate_then_verify_round_trips(store, case_file, capsys):
     assert cli.main(["goldens", "verify", "--dir", str(store.root)]) == 0
     out = capsys.readouterr().out
-    assert out.count(": ok: recomputed tensors equal the stored ones") == len(CASES), out
+    assert out.count(": ok: bit-identical to the stored tensors") == len(CASES), out
     # loading gives back what was computed, at every judged position
     for case in CASES:
         loaded, fresh = store.load(case), compute_expected(case)
@@ -66,10 +66,7 @@ def test_regenerate_then_verify_round_trips(store, case_file, capsys):
             rows = b.batch.compare
             assert torch.equal(a.batch.hidden, b.batch.hidden)
             for stage, t in b.reference.items():
-                if stage == "scores":
-                    assert stage not in a.reference
-                    continue
-                sel = rows if stage != "probs" else rows[:, None, :].expand(t.shape[:3])
+                sel = rows if stage not in ("scores", "probs") else rows[:, None, :].expand(t.shape[:3])
                 assert torch.equal(a.reference[stage][sel], t[sel]), stage
                 assert torch.allclose(a.oracle[stage][sel], b.oracle[stage][sel], rtol=2**-23, atol=0, equal_nan=True)
     # regenerating identical goldens rewrites nothing
@@ -91,7 +88,7 @@ def test_manifest_describes_each_golden(store):
     assert out["dtype"] == "bfloat16" and out["shape"] == [9, 96] and len(out["sha256"]) == 64
     assert out["stats"]["finite"] == 9 * 96 and out["stats"]["rms"] > 0
     assert entry["tensors"]["layer0.oracle.output"]["dtype"] == "float32"
-    assert "scores" in entry["omitted"]
+    assert entry["omitted"] == [] and "layer0.oracle.scores" in entry["tensors"]
 
 
 def test_flipped_byte_is_detected(store, capsys):
@@ -296,7 +293,7 @@ def test_verdicts_from_goldens_match_computed_ones(store):
         for a, b in zip(computed, golden):
             assert a.verdict == b.verdict, (case.id, a.candidate, a.message, b.message)
             ratios = {(s.layer, s.stage): s for s in a.stages}
-            assert {(s.layer, s.stage) for s in b.stages} == set(ratios) - {(s[0], "scores") for s in ratios}
+            assert {(s.layer, s.stage) for s in b.stages} == set(ratios)
             for s in b.stages:
                 assert s.max_ratio == pytest.approx(ratios[s.layer, s.stage].max_ratio, rel=1e-3, abs=1e-6)
 
