@@ -429,7 +429,7 @@ def test_pytest_regen_goldens_rewrites_and_reports(tmp_path):
     run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--candidate", "reference",
            f"tests/test_parity.py::test_curated_case_files[reference-{target.id}]"]
     missing = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True)
-    assert missing.returncode == 1 and f"parity goldens regenerate --case {target.id}" in missing.stdout
+    assert missing.returncode == 1 and missing.stdout.count(f"parity goldens regenerate --case {target.id}") == 1, missing.stdout
     regen = subprocess.run(run + ["--regen-goldens"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert regen.returncode == 0, regen.stdout
     assert "goldens regenerated" in regen.stdout and f"{target.id}: new" in regen.stdout
@@ -465,3 +465,106 @@ def test_bad_store_arguments_are_usage_errors(tmp_path, case_file, capsys):
     assert cli.main(["goldens", "list", "--dir", "a", "--cache"]) == 2
     assert cli.main(["goldens", "verify", "--case", "no-such-case"]) == 2
     assert "no known case has that id" in capsys.readouterr().err
+
+
+# -- a store that was tampered with or damaged: never fooled, never a traceback ----------------------
+
+def _edit_entry(store: GoldenStore, case_id: str, edit) -> None:
+    """Edit one manifest entry and recompute its checksum, as a careful hand edit would."""
+    manifest = json.loads(store.manifest_path.read_text())
+    entry = manifest["goldens"][case_id]
+    edit(entry)
+    entry["checksum"] = harness.goldens._checksum(entry)
+    store.manifest_path.write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize("edit", ["alias", "seed"])
+def test_an_entry_describing_another_case_is_corrupt_not_verified(store, edit, capsys):
+    if edit == "alias":  # the entry of CASES[0] now describes CASES[2], which has a golden of its own
+        _edit_entry(store, CASES[0].id, lambda e: e.__setitem__("case", CASES[2].to_dict()))
+    else:  # another input seed: a case that has no golden at all
+        _edit_entry(store, CASES[0].id, lambda e: e["case"].__setitem__("input_seed", 77))
+    assert cli.main(["goldens", "verify", "--dir", str(store.root)]) == 1
+    out = capsys.readouterr().out
+    assert f"{CASES[0].id}: CORRUPT: its manifest entry describes case" in out and "not the case it is filed under" in out
+    assert f"{len(CASES) - 1} of {len(CASES)} golden(s) verified, 1 problem(s)" in out
+    assert "missing" not in out
+    with pytest.raises(GoldenCorrupt, match="filed under another id"):
+        store.load(CASES[0])
+    assert cli.main(["goldens", "list", "--dir", str(store.root)]) == 0
+    listed = [line for line in capsys.readouterr().out.splitlines() if line.startswith(CASES[0].id)]
+    assert listed and "corrupt" in listed[0]
+
+
+def test_the_fix_named_for_a_tampered_committed_golden_works(tmp_path, monkeypatch, capsys):
+    shutil.copytree(ROOT / "cases" / "goldens", tmp_path / "goldens", ignore=shutil.ignore_patterns(".lock"))
+    monkeypatch.setenv("PARITY_GOLDEN_DIR", str(tmp_path / "goldens"))
+    store = GoldenStore.committed()
+    target = curated_cases()[0]
+    _edit_entry(store, target.id, lambda e: e["case"].__setitem__("input_seed", 77))
+    assert cli.main(["goldens", "verify", "--case", target.id]) == 1
+    assert cli.main(["goldens", "verify"]) == 1
+    out = capsys.readouterr().out
+    assert f"run `parity goldens regenerate --case {target.id}`" in out
+    assert cli.main(["goldens", "regenerate", "--case", target.id]) == 0  # the advice, followed
+    assert f"{target.id}: replaced" in capsys.readouterr().out
+    assert cli.main(["goldens", "verify"]) == 0
+
+
+def test_altered_tensor_values_are_caught_on_every_load(store, tmp_path, monkeypatch, capsys):
+    """Someone who alters a tensor and recomputes the file's hash, its size and the entry checksum
+    is caught by the per-tensor sha256, in runs as well as in verify."""
+    from safetensors.torch import save
+
+    path = _file_of(store, CASES[0])
+    data = path.read_bytes()
+    tensors = harness.golden_format.deserialise(data)
+    tensors["layer0.oracle.output"] = tensors["layer0.oracle.output"] * 1.5
+    forged = save(tensors, metadata=harness.golden_format.header_metadata(data))
+    path.write_bytes(forged)
+    import hashlib
+
+    _edit_entry(store, CASES[0].id, lambda e: e.update(bytes=len(forged), sha256=hashlib.sha256(forged).hexdigest()))
+    with pytest.raises(GoldenCorrupt, match="tensor layer0.oracle.output .* does not match its sha256"):
+        store.load(CASES[0])
+    with pytest.raises(GoldenCorrupt):
+        GoldenSource([store], compute=False)(CASES[0])
+    monkeypatch.setenv("PARITY_FAILURES_DIR", str(tmp_path / "f"))
+    case_file = write_json(tmp_path / "one.json", CASES[0].to_dict())
+    monkeypatch.setenv("PARITY_GOLDEN_DIR", str(store.root))
+    assert cli.main(["run", "--no-reference", "--candidate", "emulation", "--case-file", str(case_file)]) == 2
+    assert "does not match its sha256" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["version", "json"])
+def test_an_unreadable_manifest_gets_a_working_fix(store, damage, capsys):
+    files = sorted(p.name for p in store.root.glob("*.safetensors"))
+    if damage == "version":
+        manifest = json.loads(store.manifest_path.read_text())
+        manifest["version"] = 1
+        store.manifest_path.write_text(json.dumps(manifest))
+    else:
+        store.manifest_path.write_text('{"format": "gpt-oss-parity golden", "goldens": {')
+    damaged = store.manifest_path.read_bytes()
+    for command in (["regenerate"], ["verify"], ["list"]):
+        assert cli.main(["goldens", *command, "--dir", str(store.root)]) == 2  # one message, no traceback
+        err = capsys.readouterr().err
+        assert err.count("parity goldens regenerate --rebuild --dir") == 1, err
+    assert store.manifest_path.read_bytes() == damaged
+    assert cli.main(["goldens", "regenerate", "--rebuild", "--dir", str(store.root)]) == 0  # the fix, followed
+    out = capsys.readouterr().out
+    (aside,) = store.root.glob("replaced-*")
+    assert f"to {aside} (nothing deleted)" in out and f"{len(CASES)} new" in out
+    assert (aside / "manifest.json").read_bytes() == damaged
+    assert sorted(p.name for p in aside.glob("*.safetensors")) == files  # nothing lost
+    assert cli.main(["goldens", "verify", "--dir", str(store.root)]) == 0
+
+
+def test_leftovers_go_even_when_nothing_changes(store, capsys):
+    (store.root / ".tmp-abc.safetensors").write_bytes(b"half a golden")
+    (store.root / "orphan.0123456789ab.safetensors").write_bytes(b"an old golden")
+    assert cli.main(["goldens", "list", "--dir", str(store.root)]) == 0
+    assert "2 stray file(s)" in capsys.readouterr().out
+    assert cli.main(["goldens", "regenerate", "--dir", str(store.root)]) == 0
+    assert f"{len(CASES)} unchanged" in capsys.readouterr().out
+    assert not store.stray_files()

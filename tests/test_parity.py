@@ -28,7 +28,11 @@ def _assert_parity(case, candidate_name, options, expected, candidate=None):
     try:
         (verdict,) = run_case(case, [candidate], bounds, strict_probes=strict, expected=expected)
     except GoldenError as exc:  # missing, stale or corrupted: the message says how to fix it
-        pytest.fail(str(exc), pytrace=False)
+        problem = str(exc)
+    else:
+        problem = None
+    if problem:  # failed outside the except block, so that pytest prints the message once
+        pytest.fail(problem, pytrace=False)
     records.append(record_of(case, verdict, bounds.for_candidate(candidate)))
     if verdict.worst_ratio is not None and currently_in_test_context():  # nightly: steer toward large ratios
         target(min(verdict.worst_ratio, 1e6), label="worst ratio")
