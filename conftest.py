@@ -36,12 +36,20 @@ def pytest_addoption(parser):
     group.addoption("--goldens", action="store_true", default=False,
                     help="generated cases take their expected tensors from the golden stores, computing and caching "
                          "the missing ones ($PARITY_GOLDEN_CACHE)")
+    group.addoption("--parity-time-limit", type=float, metavar="SECONDS", default=None,
+                    help="time limit of each candidate call; past it the verdict is `timeout` (default: "
+                         "$PARITY_TIME_LIMIT, else the candidate's time_limit attribute, else 600; 0: none)")
     group.addoption("--no-reference", action="store_true", default=False,
                     help="never run the CPU reference: curated cases are judged from their goldens, checks that need "
                          "the reference are skipped (device runners)")
 
 
 def pytest_configure(config):
+    limit = config.getoption("--parity-time-limit")
+    if limit is not None:
+        if not limit >= 0:
+            raise pytest.UsageError(f"--parity-time-limit must be a number of seconds >= 0 (0: no limit), got {limit}")
+        os.environ["PARITY_TIME_LIMIT"] = str(limit)  # read by harness/timelimit.py
     if config.getoption("--regen-goldens") and os.environ.get("CI"):
         raise pytest.UsageError("--regen-goldens writes the committed goldens and CI never writes them ($CI is set). "
                                 "Regenerate locally (`pytest --regen-goldens` or `parity goldens regenerate`) and "

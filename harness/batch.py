@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, replace
 
 import torch
@@ -9,7 +10,7 @@ import torch
 from harness.case import Case
 from harness.presets import preset
 from harness.seeds import choice, generator, normal, uniform
-from harness.weights import config_from_checkpoint, load_layer_weights, make_weights
+from harness.weights import config_from_checkpoint, load_layer_weights, make_weights, weights_sha256
 from reference.gpt_oss import ModelConfig
 
 
@@ -97,10 +98,12 @@ def plan_steps(case: Case) -> tuple[tuple[tuple[int, int], ...], ...]:
 
 
 def layer_specs(case: Case, checkpoint: str | None = None) -> list[BlockSpec]:
-    """One spec per layer of the case (one unless depth > 1). With `checkpoint` (a safetensors
-    directory), weights are those layers of the checkpoint and the dims come from its config.json
-    when it has one; otherwise each layer has its own seeded weights."""
+    """One spec per layer of the case (one unless depth > 1). With a checkpoint (a safetensors
+    directory: `checkpoint`, else the case's own), weights are those layers of the checkpoint and the
+    dims come from its config.json when it has one; otherwise each layer has its own seeded weights.
+    Weights are in the case's dtype (norm.scale always float32), the reference's values either way."""
     dtype = getattr(torch, case.dtype)
+    checkpoint = checkpoint or case.checkpoint or None
     config = preset(case.preset)
     if checkpoint is not None:
         config = config_from_checkpoint(checkpoint, config)
@@ -111,8 +114,27 @@ def layer_specs(case: Case, checkpoint: str | None = None) -> list[BlockSpec]:
             weights = make_weights(config, case.weight_seed + 7919 * i, case.sinks, case.scale)
         else:
             weights, _ = load_layer_weights(checkpoint, layer, config)
+        weights = {n: t if n == "norm.scale" else t.to(dtype) for n, t in weights.items()}
         specs.append(BlockSpec(config, layer, weights, dtype))
+    if case.checkpoint_sha256 and checkpoint_sha256(specs) != case.checkpoint_sha256:
+        raise ValueError(f"checkpoint {checkpoint}: the weights of layers {case.layer}..{case.layer + case.depth - 1} "
+                         f"differ from those the case was recorded with (sha256 {case.checkpoint_sha256[:12]}..., now "
+                         f"{checkpoint_sha256(specs)[:12]}...): the checkpoint changed since")
     return specs
+
+
+def checkpoint_sha256(specs: list[BlockSpec]) -> str:
+    """One hash of every layer's weights, as recorded in a case taken from a checkpoint."""
+    return hashlib.sha256("".join(weights_sha256(s.weights) for s in specs).encode()).hexdigest()
+
+
+def with_checkpoint(case: Case, checkpoint: str) -> Case:
+    """The case with its weights from `checkpoint`, recorded by path and hash so that a repro file
+    rebuilds exactly these weights (and says so if the checkpoint changed)."""
+    from pathlib import Path
+
+    path = str(Path(checkpoint).resolve())
+    return replace(case, checkpoint=path, checkpoint_sha256=checkpoint_sha256(layer_specs(case, path)))
 
 
 def build(case: Case, checkpoint: str | None = None) -> tuple[BlockSpec, Batch]:

@@ -34,6 +34,8 @@ class Case:
     depth > 1: a stack of `depth` blocks at layers layer .. layer+depth-1, each with its own weights,
     compared layer by layer; stack_mode "teacher" feeds every layer the oracle's input (isolating
     per-layer error), "free" lets each producer's errors accumulate as in the real model.
+    checkpoint: a safetensors checkpoint directory whose layers give the weights instead of the seeds,
+    with checkpoint_sha256, the hash of the weights taken from it (checked when the case is rebuilt).
     """
 
     preset: str = "small"
@@ -53,10 +55,14 @@ class Case:
     pad_to: int = 0
     depth: int = 1
     stack_mode: str = "teacher"
+    checkpoint: str = ""
+    checkpoint_sha256: str = ""
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "lengths", tuple(int(n) for n in self.lengths))
-        problems = validate_case_fields(self)
+        problems = field_type_problems(self)
+        if not problems:
+            object.__setattr__(self, "lengths", tuple(self.lengths))
+            problems = validate_case_fields(self)
         if problems:
             raise ValueError("invalid case: " + "; ".join(problems))
 
@@ -69,6 +75,8 @@ class Case:
         extra = "" if self.dtype == "bfloat16" else "-f32"
         if self.depth > 1:
             extra += f"-stack{self.depth}{self.stack_mode[0]}"
+        if self.checkpoint:
+            extra += "-ckpt"
         return f"{self.preset}-L{self.layer}-{plan}-n{lens}-{self.sinks}{extra}-{digest}"
 
     @property
@@ -78,6 +86,9 @@ class Case:
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lengths"] = list(self.lengths)
+        for name in OPTIONAL_FIELDS:  # left out when unused, so that ids of seeded cases never change
+            if not d[name]:
+                del d[name]
         return d
 
     @classmethod
@@ -94,6 +105,34 @@ class Case:
             raise ValueError(f"{source}: {exc}") from None
 
 
+OPTIONAL_FIELDS = ("checkpoint", "checkpoint_sha256")
+
+
+def _kind(value) -> str:
+    return {bool: "a boolean", str: "a string", float: "a number with a fraction", list: "a list", tuple: "a list",
+            dict: "an object", int: "a single integer", type(None): "null"}.get(type(value), type(value).__name__)
+
+
+def field_type_problems(case: Case) -> list[str]:
+    """Each field has one type: integers are integers (not booleans, strings or 1.5), strings are
+    strings, lengths is a list of integers. Nothing is coerced: "16" or [1.5] is an error."""
+    p = []
+    for f in fields(case):
+        value = getattr(case, f.name)
+        if f.name == "lengths":
+            if not isinstance(value, (list, tuple)) or not all(type(n) is int for n in value):
+                found = f"{_kind(value)} {value!r}" if not isinstance(value, (list, tuple)) else \
+                    f"a list holding {', '.join(sorted({_kind(n) for n in value if type(n) is not int}))}"
+                p.append(f"lengths={value!r}: expected a list of integers (tokens per row, e.g. [16] or [130, 7]), "
+                         f"found {found}")
+        elif f.type in ("int", int):
+            if type(value) is not int:
+                p.append(f"{f.name}={value!r}: expected an integer, found {_kind(value)}")
+        elif f.type in ("str", str) and not isinstance(value, str):
+            p.append(f"{f.name}={value!r}: expected a string, found {_kind(value)}")
+    return p
+
+
 def validate_case_fields(case: Case) -> list[str]:
     p = []
     if case.preset not in PRESETS:
@@ -102,6 +141,15 @@ def validate_case_fields(case: Case) -> list[str]:
         p.append(f"layer={case.layer!r} must be a non-negative integer")
     if not case.lengths or any(n < 1 for n in case.lengths):
         p.append(f"lengths={list(case.lengths)} must be a non-empty list of positive token counts, one per row")
+    if len(case.lengths) > MAX_ROWS:
+        p.append(f"lengths has {len(case.lengths)} rows; at most {MAX_ROWS} rows per batch are supported")
+    longest = max(case.lengths, default=0)
+    if max(longest, case.pad_to) > MAX_POSITIONS:
+        p.append(f"a row of {max(longest, case.pad_to)} tokens (lengths or pad_to) is longer than gpt-oss's context of "
+                 f"{MAX_POSITIONS} positions")
+    if case.preset in PRESETS and not case.layer + case.depth <= PRESETS[case.preset].num_hidden_layers:
+        p.append(f"layers {case.layer}..{case.layer + case.depth - 1} (layer and depth) go past the model's "
+                 f"{PRESETS[case.preset].num_hidden_layers} layers")
     if case.padding not in PADDING:
         p.append(f"padding={case.padding!r} must be one of {PADDING}")
     if case.plan not in PLANS:
@@ -130,7 +178,14 @@ def validate_case_fields(case: Case) -> list[str]:
         p.append(f"stack_mode={case.stack_mode!r} must be one of {STACK_MODES}")
     if case.depth > 1 and case.compare_last:
         p.append("compare_last must be 0 for stacks (depth > 1): every row feeds the next layer")
+    if bool(case.checkpoint) != bool(case.checkpoint_sha256):
+        p.append("checkpoint and checkpoint_sha256 go together (both are set by `parity run --checkpoint`)")
     return p
+
+
+# Structural limits, checked before anything is allocated (memory is checked by harness/limits.py).
+MAX_POSITIONS = 131072  # gpt-oss's context: no position beyond it exists
+MAX_ROWS = 64
 
 
 def load_case_file(path: str | Path) -> list[Case]:
@@ -139,6 +194,9 @@ def load_case_file(path: str | Path) -> list[Case]:
     p = Path(path)
     data = read_json(p, "case file")
     items = data if isinstance(data, list) else [data]
+    if not items:
+        raise ValueError(f"case file {p} holds an empty list: expected one case object or a non-empty list of them "
+                         "(fields: README \"Cases\")")
     return [Case.from_dict(item, source=f"{p} (case {i})") for i, item in enumerate(items)]
 
 

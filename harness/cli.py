@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import os
 import sys
+from pathlib import Path
 import time
 
 from harness import case as case_module
+from harness.batch import with_checkpoint
 from harness.candidates import BUILTIN, load_candidate
 from harness.case import Case
 from harness.cli_goldens import add_parser as add_goldens_parser
@@ -16,6 +20,7 @@ from harness.console import Progress, UsageError, row
 from harness.expected import compute_expected
 from harness.goldens import GoldenError, GoldenSource
 from harness.jsonfile import write_json
+from harness.limits import CaseTooLarge, check_fits
 from harness.report import load_records, record_of, write_report
 from harness.repro import load_failure, replay_command, save_failure
 from harness.runner import run_case
@@ -33,8 +38,8 @@ def load_case_file(path: str) -> list[Case]:
 def _bounds(args) -> Bounds:
     for name in ("max_ratio", "rms_ratio"):
         value = getattr(args, name)
-        if value is not None and not value > 0:
-            raise UsageError(f"--{name.replace('_', '-')} must be positive, got {value}")
+        if value is not None and not (value > 0 and math.isfinite(value)):
+            raise UsageError(f"--{name.replace('_', '-')} must be a positive finite number, got {value}")
     try:
         base = load_bounds(args.bounds) if args.bounds else Bounds()
     except ValueError as exc:
@@ -61,6 +66,17 @@ def expected_source(args, case_files: dict[str, str]):
         raise UsageError(str(exc)) from None
 
 
+def run_notes(info: dict) -> str:
+    """What a candidate reported about its run, in a few words (Neuron: mode, buckets, builds)."""
+    if not info:
+        return ""
+    parts = [info.get("mode", "")]
+    parts += [f"{phase} {size}" for phase, size in (info.get("buckets") or {}).items() if phase != "batch"]
+    if "builds" in info:
+        parts.append(f"{info['builds']} builds {info.get('build_seconds', 0):.0f} s")
+    return "  " + ", ".join(p for p in parts if p)
+
+
 def cmd_run(args) -> int:
     names = args.candidate or list(BUILTIN)
     candidates = _candidates(names)
@@ -76,6 +92,16 @@ def cmd_run(args) -> int:
     else:
         cases = default_cases(args.quick)
     expected = expected_source(args, case_files)
+    if args.checkpoint:  # recorded in each case (path and hash), so that a repro file replays these weights
+        try:
+            cases = [with_checkpoint(c, args.checkpoint) for c in cases]
+        except (OSError, KeyError, ValueError) as exc:
+            raise UsageError(f"--checkpoint {args.checkpoint}: {exc}") from None
+    for case in cases:  # every case must fit this machine before anything runs
+        try:
+            check_fits(case, reference=not args.no_reference)
+        except CaseTooLarge as exc:
+            raise UsageError(str(exc)) from None
     widths = (44, max(9, *(len(c.name) for c in candidates)), 9, 11, 20)
     print(row(("case", "candidate", "verdict", "worst ratio", "first failing stage"), widths))
     pairs: list[tuple[Case, Verdict]] = []
@@ -84,7 +110,7 @@ def cmd_run(args) -> int:
     for i, case in enumerate(cases, 1):
         progress.show(i, case.id)
         try:
-            verdicts = run_case(case, candidates, bounds, args.checkpoint, probes=not args.no_probes,
+            verdicts = run_case(case, candidates, bounds, probes=not args.no_probes,
                                 strict_probes=args.strict_probes, expected=expected)
         except (OSError, KeyError, ValueError) as exc:  # unreadable checkpoint, missing layer, bad dims
             progress.clear()
@@ -93,12 +119,19 @@ def cmd_run(args) -> int:
         for v in verdicts:
             pairs.append((case, v))
             ratio = f"{v.worst_ratio:.3g}" if v.worst_ratio is not None else "-"
-            print(row((v.case_id, v.candidate, v.verdict.upper(), ratio, v.first_divergent_stage if not v.passed else "-"), widths), flush=True)
-    failed = [(c, v) for c, v in pairs if not v.passed]
+            stage = v.first_divergent_stage if not v.passed else "-"
+            print((row((v.case_id, v.candidate, v.verdict.upper(), ratio, stage), widths) + run_notes(v.info)).rstrip(), flush=True)
+    unsupported = [(c, v) for c, v in pairs if v.verdict == "unsupported"]
+    failed = [(c, v) for c, v in pairs if not v.passed and v.verdict != "unsupported"]
+    for _, v in unsupported:
+        print(f"\nUNSUPPORTED (not run, not counted as passed): {v.message}")
     for case, v in failed:
         path = save_failure(case, specs[v.candidate], v)
         print(f"\n{v.verdict.upper()}: {v.message}\n  replay: {replay_command(path)}")
-    print(f"\n{len(pairs) - len(failed)} checks passed, {len(failed)} failed "
+        if v.traceback:
+            print(_indent(v.traceback) if args.verbose else "  (the candidate's traceback is in the repro file; -v prints it)")
+    print(f"\n{len(pairs) - len(failed) - len(unsupported)} checks passed, {len(failed)} failed"
+          + (f", {len(unsupported)} unsupported by their candidate" if unsupported else "") + " "
           f"({len(cases)} cases x {len(candidates)} candidates, {time.monotonic() - started:.1f} s)")
     if isinstance(expected, GoldenSource):
         print(f"expected tensors: {expected.loaded} case(s) from goldens, {expected.computed} computed"
@@ -124,8 +157,8 @@ def cmd_replay(args) -> int:
     try:
         verdicts = run_case(case, candidates, _bounds(args), strict_probes=args.strict_probes,
                             expected=expected_source(args, {}))
-    except GoldenError as exc:
-        raise UsageError(str(exc)) from None
+    except (OSError, KeyError, ValueError) as exc:  # a missing golden, a changed checkpoint, a case too large
+        raise UsageError(f"case {case.id}: {exc}") from None
     for v in verdicts:
         failed += not v.passed
         print(f"\ncandidate {v.candidate}: {v.verdict.upper()}"
@@ -135,7 +168,13 @@ def cmd_replay(args) -> int:
             print(f"probe {p['name']:20} {'ok' if p['passed'] else 'FAILED'}{'' if p['binding'] else ' (not binding)'}: {p['detail']}")
         if v.message:
             print(v.message)
+        if v.traceback:
+            print(_indent(v.traceback) if args.verbose else "(-v prints the candidate's traceback)")
     return 1 if failed else 0
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.rstrip().splitlines())
 
 
 def stage_table(v: Verdict) -> str:
@@ -154,16 +193,19 @@ def cmd_report(args) -> int:
         records = load_records(args.results)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    print(f"wrote {write_report(records, args.out)}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file; the report is a folder (index.html, img/, records/): name a folder")
+    print(f"wrote {write_report(records, out)}")
     return 0
 
 
 def cmd_selftest(args) -> int:
-    from harness.mutants import BENIGN, MUTANTS
+    from harness.mutants import ALL_MUTANTS, BENIGN
     from harness.selftest import ABLATIONS, run_selftest
 
     if args.list:
-        print("mutants:  " + ", ".join(MUTANTS))
+        print("mutants:  " + ", ".join(ALL_MUTANTS))
         print("benign:   " + ", ".join(BENIGN))
         print("ablations: " + ", ".join(ABLATIONS))
         return 0
@@ -173,7 +215,7 @@ def cmd_selftest(args) -> int:
     progress = Progress(0)
     started = time.monotonic()
     try:
-        result = run_selftest(tuple(args.mutant or MUTANTS), tuple(args.benign or BENIGN), args.max_examples,
+        result = run_selftest(tuple(args.mutant or ALL_MUTANTS), tuple(args.benign or BENIGN), args.max_examples,
                               args.benign_examples, tuple(args.without or ()), lambda what: progress.show(0, what))
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -202,6 +244,13 @@ def cmd_selftest(args) -> int:
         write_json(args.json, result.to_dict())
         print(f"wrote {args.json}")
     return 0 if result.ok else 1
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-v", "--verbose", action="store_true", help="print the whole traceback of a candidate that raised")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="time limit of each candidate call; past it the check's verdict is `timeout` (default: "
+                        "$PARITY_TIME_LIMIT, else the candidate's time_limit attribute, else 600; 0: none)")
 
 
 def _bound_options(p: argparse.ArgumentParser) -> None:
@@ -240,6 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-probes", action="store_true", help="skip the tolerance-free probes (faster)")
     _expected_options(run)
     _bound_options(run)
+    _run_options(run)
     run.set_defaults(func=cmd_run)
 
     replay = sub.add_parser("replay", help="rerun a saved failure with every stage tap and print the diagnosis",
@@ -250,6 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="replay against these candidates instead of the saved one (repeatable)")
     _bound_options(replay)
     _expected_options(replay)
+    _run_options(replay)
     replay.set_defaults(func=cmd_replay)
 
     report = sub.add_parser("report", help="render the HTML report of saved results",
@@ -280,6 +331,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    limit = getattr(args, "time_limit", None)
+    if limit is not None:
+        if not (limit >= 0 and math.isfinite(limit)):
+            print(f"parity: --time-limit must be a number of seconds >= 0 (0: no limit), got {limit}", file=sys.stderr)
+            return 2
+        os.environ["PARITY_TIME_LIMIT"] = str(limit)  # read by harness/timelimit.py, in this process and children
     try:
         return args.func(args)
     except UsageError as exc:

@@ -55,7 +55,7 @@ class StageResult:
 class Verdict:
     case_id: str
     candidate: str
-    verdict: str  # pass, fail, nonfinite, shape, dtype or error
+    verdict: str  # pass, fail, nonfinite, shape, dtype, error, timeout or unsupported
     worst_ratio: float | None = None
     first_divergent_stage: str | None = None
     stages: list[StageResult] = field(default_factory=list)
@@ -68,6 +68,10 @@ class Verdict:
     isolated_stage: str | None = None
     # tolerance-free probes: [{name, passed, detail}]
     probes: list[dict] = field(default_factory=list)
+    # verdicts "error" and "timeout": the candidate's whole traceback
+    traceback: str = ""
+    # what the candidate reported about its run (CandidateResult.info: e.g. Neuron mode, buckets, compiles)
+    info: dict = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:

@@ -14,6 +14,7 @@ import torch
 
 from harness.batch import Batch, BlockSpec, build, layer_specs, make_batch
 from harness.case import Case
+from harness.limits import check_fits
 from harness.produce import run_oracle, run_reference
 
 
@@ -50,6 +51,7 @@ def compute_expected(case: Case, checkpoint: str | None = None) -> list[Expected
     """Every layer's expected tensors, computed. In a stack, teacher mode runs both producers on the
     oracle's previous output rounded to the model dtype (what every candidate is fed); free mode lets
     the oracle (in float64) and the reference (in its dtype) each run on their own previous output."""
+    check_fits(case)  # before anything is allocated
     specs = layer_specs(case, checkpoint)
     batch = make_batch(case, specs[0])
     if case.depth == 1:

@@ -34,6 +34,7 @@ import reference.gpt_oss
 import reference.oracle
 from harness.batch import Batch
 from harness.expected import Expected
+from harness.weights import tensor_sha256, weights_sha256  # noqa: F401  (goldens use them from here)
 from harness.rounding import RoundingCheck, check
 
 FORMAT = "gpt-oss-parity golden"
@@ -64,17 +65,6 @@ def reference_fingerprint() -> str:
     for module in FINGERPRINTED:
         h.update(module.__name__.encode() + b"\0" + code_text(Path(module.__file__).read_text()).encode() + b"\0")
     return h.hexdigest()[:16]
-
-
-def tensor_sha256(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
-
-
-def weights_sha256(weights: dict[str, torch.Tensor]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(weights):
-        h.update(name.encode() + b"\0" + tensor_sha256(weights[name].reshape(-1)).encode())
-    return h.hexdigest()
 
 
 def stats(t: torch.Tensor) -> dict:

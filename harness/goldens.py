@@ -445,7 +445,7 @@ class GoldenSource:
         return cls([GoldenStore.committed(), cache], cache=cache, compute=compute, case_files=case_files or {})
 
     def __call__(self, case: Case, checkpoint: str | None = None) -> list[Expected]:
-        if checkpoint is not None:
+        if checkpoint is not None or case.checkpoint:
             raise GoldenError("goldens hold the seeded weights of their cases; a run with --checkpoint computes its "
                               "expected tensors (leave out --goldens / --no-reference)")
         case_file = self.case_files.get(case.id)

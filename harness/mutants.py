@@ -9,6 +9,8 @@ from typing import Callable
 
 from harness.candidates.emulation import EmulatedBlock
 from harness.candidates.flash import FlashBlock
+from harness.neuron.bugs import DRIVER_MUTANTS
+from harness.neuron.candidate import NxdiEmulation
 
 MUTANTS: dict[str, dict] = {
     "no_causal_mask": {"causal": False},
@@ -32,6 +34,10 @@ MUTANTS: dict[str, dict] = {
     "softmax_scale_multiplied": {"scale": "multiply"},
 }
 
+# Every mutant the self-test hunts: the emulation's bug classes, then NxDI's calling conventions broken
+# in the driver the Neuron candidates share (harness/neuron/bugs.py), run through `nxdi-emulation`.
+ALL_MUTANTS = (*MUTANTS, *DRIVER_MUTANTS)
+
 BENIGN: dict[str, Callable[[], object]] = {
     "softmax_float32": lambda: EmulatedBlock(name="benign:softmax_float32", softmax="float32"),
     "row_max_subtracted_bf16": lambda: EmulatedBlock(name="benign:row_max_subtracted_bf16", softmax="max_subtracted"),
@@ -43,7 +49,9 @@ BENIGN: dict[str, Callable[[], object]] = {
 
 def variant(kind: str, name: str):
     """A fresh candidate for `mutant:NAME` or `benign:NAME`."""
-    table = MUTANTS if kind == "mutant" else BENIGN
+    if kind == "mutant" and name in DRIVER_MUTANTS:  # NxDI's calling conventions broken, in the emulation's driver
+        return NxdiEmulation(name=f"mutant:{name}", bugs=DRIVER_MUTANTS[name])
+    table = {**MUTANTS, **DRIVER_MUTANTS} if kind == "mutant" else BENIGN
     if name not in table:
         raise ValueError(f"unknown {kind} {name!r}; {kind}s are: {', '.join(table)}")
     if kind == "mutant":

@@ -10,13 +10,11 @@ from __future__ import annotations
 import torch
 
 from harness.batch import Batch, BlockSpec
+from harness.limits import DENSE_SCORE_LIMIT
 from harness.stages import score_taps_fit
 from reference.gpt_oss import AttentionBlock
 from reference.oracle import oracle_forward
 
-# The reference materialises dense (Hq, n, n) scores: about 6.6 GiB peak at 4096 tokens with 64 heads.
-# Allow that many score elements, whatever the preset (small dims reach far longer rows).
-DENSE_SCORE_LIMIT = 64 * 4096 * 4096
 
 
 def reference_block(spec: BlockSpec) -> AttentionBlock:

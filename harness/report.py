@@ -29,13 +29,46 @@ def record_of(case, verdict, bounds: Bounds | None = None) -> dict:
 
 
 def load_records(path: str | Path) -> list[dict]:
-    """Records from a `parity run --json` file (its "cases" list)."""
+    """Records from a `parity run --json` file (its "cases" list), each checked for the fields the report
+    reads, so that a hand-made or truncated file is an error naming the record, not a traceback."""
     p = Path(path)
     data = read_json(p, "results file")
     cases = data.get("cases") if isinstance(data, dict) else None
-    if not isinstance(cases, list) or not all(isinstance(c, dict) and "id" in c and "verdict" in c for c in cases):
-        raise ValueError(f"results file {p}: expected {{\"cases\": [{{id, candidate, verdict, ...}}]}} as written by `parity run --json`")
+    if not isinstance(cases, list):
+        raise ValueError(f"results file {p}: expected {{\"cases\": [{{id, candidate, verdict, ...}}]}} as written by "
+                         "`parity run --json`")
+    for i, r in enumerate(cases):
+        problem = _record_problem(r)
+        if problem:
+            raise ValueError(f"results file {p}, record {i}: {problem} (records are written by `parity run --json`)")
     return cases
+
+
+def _record_problem(r) -> str | None:
+    if not isinstance(r, dict):
+        return f"expected an object, found {type(r).__name__}"
+    for key in ("id", "candidate", "verdict"):
+        if not isinstance(r.get(key), str):
+            return f"field {key!r} must be a string, found {r.get(key)!r}"
+    kinds = {"stages": list, "layers": list, "probes": list, "maps": dict, "case": dict, "message": str}
+    for key, kind in kinds.items():
+        if r.get(key) is not None and not isinstance(r[key], kind):
+            return f"field {key!r} must be {'a list' if kind is list else 'an object' if kind is dict else 'a string'}"
+    for s in r.get("stages") or []:
+        if not (isinstance(s, dict) and isinstance(s.get("stage"), str)
+                and all(isinstance(s.get(k), (int, float)) for k in ("max_ratio", "rms_ratio"))):
+            return "each stage must be an object with 'stage', 'max_ratio' and 'rms_ratio'"
+    for layer in r.get("layers") or []:
+        if not (isinstance(layer, dict) and "layer" in layer):
+            return "each layer must be an object with 'layer'"
+    for probe in r.get("probes") or []:
+        if not (isinstance(probe, dict) and isinstance(probe.get("name"), str) and "passed" in probe):
+            return "each probe must be an object with 'name' and 'passed'"
+    maps = r.get("maps") or {}
+    for key in ("attn_token_head", "output_position"):
+        if key in maps and not (isinstance(maps[key], dict) and {"candidate", "reference"} <= set(maps[key])):
+            return f"maps.{key} must hold 'candidate' and 'reference'"
+    return None
 
 
 def _slug(r: dict) -> str:

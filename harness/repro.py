@@ -33,14 +33,17 @@ def save_failure(case: Case, candidate: str, verdict: Verdict, directory: Path |
         "verdict": verdict.verdict,
         "first_divergent_stage": verdict.first_divergent_stage,
         "worst_ratio": verdict.worst_ratio,
+        "message": verdict.message,
     }
+    if verdict.traceback:
+        record["traceback"] = verdict.traceback
     return write_json(path, record)
 
 
 def load_failure(path: str | Path) -> tuple[Case, str]:
     p = Path(path)
     record = read_json(p, "repro file")
-    if not isinstance(record, dict) or "case" not in record or "candidate" not in record:
+    if not isinstance(record, dict) or "case" not in record or not isinstance(record.get("candidate"), str):
         raise ValueError(f"repro file {p}: expected an object with 'case' and 'candidate' (written by a failing parity run)")
     return Case.from_dict(record["case"], source=str(p)), record["candidate"]
 

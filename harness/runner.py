@@ -5,25 +5,43 @@ from __future__ import annotations
 
 import inspect
 import traceback
+from dataclasses import dataclass
 
 import torch
 
 from harness.batch import Batch, BlockSpec
-from harness.candidates import Candidate, CandidateResult, normalise_result
+from harness.candidates import Candidate, CandidateResult, CandidateUnsupported, normalise_result
 from harness.case import Case
 from harness.compare import Bounds, Verdict, compare, judge_stage_in_batch
 from harness.expected import Expected, ExpectedFn, compute_expected, next_input
 from harness.probes import BINDING, STRICT, build_probes, judge_probe
 from harness.stages import STAGES
+from harness.timelimit import CandidateTimeout, limit_for, time_limit
 
 
-def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch) -> CandidateResult | str:
-    """The candidate's result, or the message of what it raised (a crash is a verdict, not ours)."""
+@dataclass
+class CandidateFailure:
+    """A candidate call that raised ("error") or ran past its time limit ("timeout")."""
+
+    verdict: str
+    summary: str  # the exception's last line
+    traceback: str  # the whole traceback, kept in repro files and JSON, printed with -v
+
+
+def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch, **kwargs) -> CandidateResult | CandidateFailure:
+    """The candidate's result, or what went wrong in it (a crash is a verdict, not ours), within the
+    candidate's time limit (harness/timelimit.py). `kwargs` go to run() (e.g. feed)."""
+    seconds = limit_for(candidate)
     try:
-        with torch.no_grad():
-            return normalise_result(candidate.run(spec, batch, taps=True), candidate.name)
+        with torch.no_grad(), time_limit(seconds, f"candidate {candidate.name}"):
+            return normalise_result(candidate.run(spec, batch, taps=True, **kwargs), candidate.name)
+    except CandidateTimeout as exc:
+        return CandidateFailure("timeout", str(exc), traceback.format_exc())
+    except CandidateUnsupported as exc:
+        return CandidateFailure("unsupported", str(exc), "")
     except Exception as exc:
-        return traceback.format_exception_only(type(exc), exc)[-1].strip()
+        return CandidateFailure("error", traceback.format_exception_only(type(exc), exc)[-1].strip(),
+                                traceback.format_exc())
 
 
 def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds = Bounds(),
@@ -31,7 +49,7 @@ def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds =
     bounds = bounds.for_candidate(candidate)
     result = run_candidate(candidate, expected.spec, expected.batch)
     v = _verdict(case.id, candidate, result, expected, bounds)
-    if isinstance(result, str) or v.verdict in ("shape", "dtype", "error"):
+    if isinstance(result, CandidateFailure) or v.verdict in ("shape", "dtype", "error"):
         return v
     if v.verdict == "fail" and isolation and accepts_feed(candidate):
         v.isolated_stage = isolate(candidate, expected, bounds)
@@ -94,8 +112,8 @@ def run_probes(candidate, expected: Expected, baseline: torch.Tensor, v: Verdict
     binding = BINDING + (STRICT if strict or getattr(candidate, "skips_masked_memory", False) else ())
     for probe in build_probes(expected.spec, expected.batch):
         out = run_candidate(candidate, expected.spec, probe.batch)
-        if isinstance(out, str):
-            record = {"name": probe.name, "passed": False, "detail": f"raised {out}"}
+        if isinstance(out, CandidateFailure):
+            record = {"name": probe.name, "passed": False, "detail": f"{out.verdict}: {out.summary}"}
         else:
             record = judge_probe(probe, baseline, out.output)
         record["binding"] = probe.name in binding
@@ -107,10 +125,14 @@ def run_probes(candidate, expected: Expected, baseline: torch.Tensor, v: Verdict
 
 
 def _verdict(case_id, candidate, result, expected: Expected, bounds) -> Verdict:
-    if isinstance(result, str):
-        return Verdict(case_id, candidate.name, "error", message=f"case {case_id} / candidate {candidate.name}: raised {result}")
-    return compare(case_id, candidate.name, expected.batch, expected.oracle, expected.reference,
-                   result.output, result.taps, bounds, expected.spec.dtype)
+    if isinstance(result, CandidateFailure):
+        what = {"error": "raised", "timeout": "timed out:", "unsupported": "cannot run this case:"}[result.verdict]
+        return Verdict(case_id, candidate.name, result.verdict, traceback=result.traceback,
+                       message=f"case {case_id} / candidate {candidate.name}: {what} {result.summary}")
+    v = compare(case_id, candidate.name, expected.batch, expected.oracle, expected.reference,
+                result.output, result.taps, bounds, expected.spec.dtype)
+    v.info = result.info
+    return v
 
 
 def run_case(
@@ -147,7 +169,7 @@ def run_stack(case: Case, candidates: list[Candidate], bounds: Bounds, layers: l
             layer_bounds = bounds.for_candidate(c)
             v = _verdict(case.id, c, result, e, layer_bounds if case.stack_mode == "teacher" else layer_bounds.output_only())
             per_layer[c.name].append(v)
-            if isinstance(result, str) or v.verdict in ("shape", "dtype", "nonfinite"):
+            if isinstance(result, CandidateFailure) or v.verdict in ("shape", "dtype", "nonfinite"):
                 alive[c.name] = False  # nothing sensible to feed the next layer
             else:
                 cand_in[c.name] = next_input(result.output, e.batch, e.spec.dtype)

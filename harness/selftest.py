@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, given, settings
 
 from harness.case import Case
 from harness.expected import Expected, expected_for
-from harness.mutants import BENIGN, MUTANTS, variant
+from harness.mutants import ALL_MUTANTS, BENIGN, variant
 from harness.runner import judge
 from harness.strategies import W, cases
 
@@ -197,7 +197,7 @@ def run_benign(names, drawn: list[Case], cache: ExpectedCache, progress=None) ->
 
 
 def run_selftest(
-    mutants=tuple(MUTANTS),
+    mutants=ALL_MUTANTS,
     benign=tuple(BENIGN),
     max_examples: int = 100,
     benign_examples: int = 100,
@@ -213,8 +213,8 @@ def run_selftest(
             raise ValueError(f"unknown ablation {name!r}; ablations are: {', '.join(ABLATIONS)}")
         kwargs.update(ABLATIONS[name][0])
     for name in mutants:
-        if name not in MUTANTS:
-            raise ValueError(f"unknown mutant {name!r}; mutants are: {', '.join(MUTANTS)}")
+        if name not in ALL_MUTANTS:
+            raise ValueError(f"unknown mutant {name!r}; mutants are: {', '.join(ALL_MUTANTS)}")
     for name in benign:
         if name not in BENIGN:
             raise ValueError(f"unknown benign variant {name!r}; benign variants are: {', '.join(BENIGN)}")

@@ -1,5 +1,6 @@
 """The built-in sweep `parity run` uses when no case is given: both layer parities, lengths across
-the window boundary, decode and chunked-prefill positions, a padded batch, dominant sinks, full dims."""
+the window boundary, decode and chunked-prefill positions (decode across the sliding cache ring's
+wrap), a padded batch, dominant sinks, full dims."""
 
 from __future__ import annotations
 
@@ -18,6 +19,9 @@ def default_cases(quick: bool = False) -> list[Case]:
         Case(layer=0, lengths=(130, 5, 64), padding="left", weight_seed=4, input_seed=4),
         Case(layer=1, lengths=(130, 5, 64), padding="right", weight_seed=5, input_seed=5),
         Case(layer=0, lengths=(129,), sinks="dominant", scale="sharp", weight_seed=6, input_seed=6),
+        # decode steps where NxDI's sliding cache ring (W-1 slots) fills and wraps: positions 126..129 and 254..257
+        Case(layer=0, lengths=(130,), plan="decode", decode_steps=4, weight_seed=8, input_seed=8),
+        Case(layer=0, lengths=(258, 40), plan="decode", decode_steps=4, weight_seed=9, input_seed=9),
     ]
     if not quick:
         cases += [Case(preset="full", layer=layer, lengths=(300,), weight_seed=7, input_seed=7) for layer in (0, 1)]

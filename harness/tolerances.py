@@ -135,5 +135,7 @@ def load_bounds(path: str | Path, base: Bounds = Bounds()) -> Bounds:
     if not isinstance(candidates, dict):
         raise ValueError(f"bounds file {p}: 'candidates' must map candidate names to {{\"stages\": ...}}")
     for name, policy in candidates.items():
-        out.with_stages((policy or {}).get("stages", {}), source=f"bounds file {p}, candidate {name}")  # validate now
+        if not isinstance(policy, dict) or set(policy) - {"stages"}:
+            raise ValueError(f"bounds file {p}: candidate {name!r} must be an object {{\"stages\": {{...}}}}, found {policy!r}")
+        out.with_stages(policy.get("stages", {}), source=f"bounds file {p}, candidate {name}")  # validate now
     return replace(out, candidates=tuple(candidates.items()))

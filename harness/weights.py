@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 from pathlib import Path
 
@@ -23,6 +24,18 @@ NAMES = ("norm.scale", "qkv.weight", "qkv.bias", "sinks", "out.weight", "out.bia
 SINK_REGIMES = ("zero", "small", "dominant")
 # "sharp" triples q and k so that softmax rows are peaked, as in trained models.
 SCALE_REGIMES = ("normal", "sharp")
+
+
+def tensor_sha256(t: torch.Tensor) -> str:
+    return hashlib.sha256(t.contiguous().view(torch.uint8).numpy().tobytes()).hexdigest()
+
+
+def weights_sha256(weights: dict[str, torch.Tensor]) -> str:
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        h.update(name.encode() + b"\0" + tensor_sha256(weights[name].reshape(-1)).encode())
+    return h.hexdigest()
+
 
 
 def expected_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:

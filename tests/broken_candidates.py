@@ -75,3 +75,42 @@ def peeks_ahead(spec, batch):
     """Each row's output moves (a little) with its last token: a causality leak."""
     last = torch.stack([batch.hidden[r, batch.slots(r)[-1]] for r in range(batch.hidden.shape[0])])[:, None].float()
     return _leaky(spec, batch, lambda b: 2e-3 * last * batch.valid[..., None])
+
+
+def raises_key_error(spec, batch):
+    """A candidate that crashes deep inside its own code."""
+    def lookup(weights):
+        return weights["qkv"]  # the gpt-oss name is qkv.weight
+    return lookup(spec.weights)
+
+
+def sleeps(spec, batch):
+    """A candidate that hangs in Python (a sleep, a loop, a wait)."""
+    import time
+
+    time.sleep(600)
+
+
+def stuck_in_native_code(spec, batch):
+    """A candidate that hangs where no signal reaches it (as a deadlocked kernel or device call does)."""
+    import signal
+    import time
+
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGALRM})
+    time.sleep(600)
+
+
+def readme_block(spec, batch):
+    """Written from the README's protocol: uses spec.weights as they come, in the case's dtype."""
+    import torch.nn.functional as F
+
+    return run_reference(spec, batch)["output"] if spec.dtype == torch.bfloat16 else _float32_block(spec, batch, F)
+
+
+def _float32_block(spec, batch, F):
+    w = spec.weights
+    assert all(t.dtype == torch.float32 for t in w.values()), {n: t.dtype for n, t in w.items()}
+    x = batch.hidden
+    normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w["norm.scale"]
+    qkv = F.linear(normed, w["qkv.weight"], w["qkv.bias"])  # a dtype error here if weights stayed bf16
+    return run_reference(spec, batch)["output"] + 0 * qkv.sum()

@@ -56,7 +56,7 @@ def test_bad_candidate_and_bound(capsys):
     assert main(["run", "--candidate", "nope"]) == 2
     assert "unknown candidate 'nope'" in capsys.readouterr().err
     assert main(["run", "--max-ratio", "0"]) == 2
-    assert "--max-ratio must be positive" in capsys.readouterr().err
+    assert "--max-ratio must be a positive finite number" in capsys.readouterr().err
 
 
 def test_checkpoint_weights(tmp_path, capsys):

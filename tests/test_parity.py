@@ -12,7 +12,8 @@ from hypothesis.control import currently_in_test_context
 from hypothesis import strategies as st
 
 from harness.candidates import load_candidate
-from harness.case import Case, curated_cases
+from harness.case import PLANS, Case, curated_cases
+from harness.neuron.environment import NeuronUnavailable
 from harness.goldens import GoldenError
 from harness.report import record_of
 from harness.repro import replay_command, save_failure
@@ -21,10 +22,18 @@ from harness.strategies import cases, stack_cases
 from harness.sweep import default_cases
 
 
+def _candidate(name):
+    """The candidate, or a skip when it cannot run here (a Neuron candidate without the SDK)."""
+    try:
+        return load_candidate(name)
+    except NeuronUnavailable as exc:
+        pytest.skip(str(exc))
+
+
 def _assert_parity(case, candidate_name, options, expected, candidate=None):
     __tracebackhide__ = True
     bounds, strict, records = options
-    candidate = candidate or load_candidate(candidate_name)
+    candidate = candidate or _candidate(candidate_name)
     try:
         (verdict,) = run_case(case, [candidate], bounds, strict_probes=strict, expected=expected)
     except GoldenError as exc:  # missing, stale or corrupted: the message says how to fix it
@@ -33,19 +42,23 @@ def _assert_parity(case, candidate_name, options, expected, candidate=None):
         problem = None
     if problem:  # failed outside the except block, so that pytest prints the message once
         pytest.fail(problem, pytrace=False)
+    if verdict.verdict == "unsupported":  # the candidate cannot run this case (e.g. its plan): said, not passed
+        pytest.skip(verdict.message)
     records.append(record_of(case, verdict, bounds.for_candidate(candidate)))
     if verdict.worst_ratio is not None and currently_in_test_context():  # nightly: steer toward large ratios
         target(min(verdict.worst_ratio, 1e6), label="worst ratio")
     if not verdict.passed:
         path = save_failure(case, candidate_name, verdict)
-        pytest.fail(f"{verdict.verdict.upper()}: {verdict.message}\nreplay: {replay_command(path)}", pytrace=False)
+        trace = f"\n\nthe candidate's traceback:\n{verdict.traceback}" if verdict.traceback else ""
+        pytest.fail(f"{verdict.verdict.upper()}: {verdict.message}\nreplay: {replay_command(path)}{trace}", pytrace=False)
 
 
 @pytest.mark.parity
 @given(data=st.data())
 def test_generated_cases(candidate_name, parity_options, generated_expected, data):
-    candidate = load_candidate(candidate_name)
-    case = data.draw(cases(buckets=getattr(candidate, "buckets", None)), label="case")
+    candidate = _candidate(candidate_name)
+    case = data.draw(cases(buckets=getattr(candidate, "buckets", None), plans=getattr(candidate, "plans", PLANS)),
+                     label="case")
     _assert_parity(case, candidate_name, parity_options, generated_expected, candidate)
 
 

@@ -9,7 +9,9 @@ harness/stages.py). A plain function `fn(spec, batch)` returning the output tens
 Built-ins are looked up by name; anything else by import path `package.module:attribute`.
 """
 
-from harness.candidates.protocol import Candidate, CandidateResult, as_candidate, normalise_result
+from harness.candidates.protocol import (Candidate, CandidateResult, CandidateUnsupported, as_candidate,
+                                         normalise_result)
 from harness.candidates.registry import BUILTIN, load_candidate
 
-__all__ = ["BUILTIN", "Candidate", "CandidateResult", "as_candidate", "load_candidate", "normalise_result"]
+__all__ = ["BUILTIN", "Candidate", "CandidateResult", "CandidateUnsupported", "as_candidate", "load_candidate",
+           "normalise_result"]

@@ -60,8 +60,10 @@ class HFCandidate:
     def _build(self, spec: BlockSpec):
         from transformers.models.gpt_oss.modeling_gpt_oss import GptOssAttention, GptOssRMSNorm, GptOssRotaryEmbedding
 
-        key = (id(spec.weights), spec.layer_idx, spec.config)
-        if self._cache and self._cache[0] == key:
+        # The weights dict itself is kept in the key: an id() alone can be reused by a later dict once the
+        # first is freed, which handed a new case the previous case's module.
+        key = (spec.weights, spec.layer_idx, spec.config, spec.dtype)
+        if self._cache and self._cache[0][0] is spec.weights and self._cache[0][1:] == key[1:]:
             return self._cache[1]
         config = _hf_config(spec)
         w = spec.weights

@@ -14,6 +14,13 @@ from harness.batch import Batch, BlockSpec
 class CandidateResult:
     output: torch.Tensor
     taps: dict[str, torch.Tensor] = field(default_factory=dict)
+    # anything the candidate wants reported with its verdict (JSON-able: e.g. the Neuron mode, buckets, compiles)
+    info: dict = field(default_factory=dict)
+
+
+class CandidateUnsupported(Exception):
+    """Raised by a candidate for a case it cannot run (e.g. a plan its module does not support): the
+    check is reported as `unsupported` with this message (pytest skips it), never run as something else."""
 
 
 @runtime_checkable
@@ -48,7 +55,12 @@ def normalise_result(value, name: str) -> CandidateResult:
 def as_candidate(obj, name: str | None = None) -> Candidate:
     """Accept an instance with run(), a class to instantiate without arguments, or a plain function."""
     if isinstance(obj, type):
-        obj = obj()
+        try:
+            obj = obj()
+        except TypeError as exc:
+            raise TypeError(f"candidate {name or obj.__name__}: the class {obj.__name__} cannot be built without arguments "
+                            f"({exc}); give it defaults for every constructor argument, or name an instance or a "
+                            "function instead (package.module:attribute)") from None
     if hasattr(obj, "run") and callable(obj.run):
         if not getattr(obj, "name", None):
             obj.name = name or type(obj).__name__

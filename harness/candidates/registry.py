@@ -11,13 +11,26 @@ BUILTIN = {
     "hf": "harness.candidates.hf:HFCandidate",
     "emulation": "harness.candidates.emulation:EmulatedBlock",
     "flash": "harness.candidates.flash:FlashBlock",
+    "nxdi-emulation": "harness.neuron.candidate:NxdiEmulation",
 }
+# Need the Neuron SDK (harness/neuron): never in the default set, and a clear error without it.
+NEURON = ("neuron", "neuron-block")
 
 
 def load_candidate(spec: str) -> Candidate:
-    """`spec` is a built-in name (see BUILTIN), `mutant:NAME` or `benign:NAME` (the self-test's
-    variants, harness/mutants.py), or `package.module:attribute`."""
+    """`spec` is a built-in name (see BUILTIN), `neuron` or `neuron-block` (harness/neuron),
+    `neuron:package.module:Class` (a user's NeuronAttentionBase subclass), `mutant:NAME` or `benign:NAME`
+    (the self-test's variants, harness/mutants.py), or `package.module:attribute`. A Neuron candidate
+    without the SDK raises NeuronUnavailable (a ValueError naming the install line)."""
     kind, _, variant = spec.partition(":")
+    if spec in NEURON or kind == "neuron":
+        from harness.neuron.candidate import NeuronCandidate
+
+        if spec in NEURON:
+            return NeuronCandidate(spec)
+        if variant.count(":") != 1:
+            raise ValueError(f"candidate {spec!r}: expected neuron:package.module:Class, a NeuronAttentionBase subclass")
+        return NeuronCandidate("class", class_path=variant)
     if kind in ("mutant", "benign"):
         from harness.mutants import variant as make_variant
 

@@ -1,0 +1,81 @@
+"""Will a case fit this machine? Checked before anything is allocated, so that an oversized case is a
+clear error in a second, not a swap storm or an out-of-memory kill minutes later.
+
+Structural limits (no position beyond gpt-oss's context, no layer beyond the model) are part of the
+case itself (harness/case.py). Here: the memory the expected tensors need, estimated from the case's
+shape, against what this machine has available, and the bf16 reference's dense-score limit.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from harness.case import Case
+from harness.presets import preset
+
+# The reference materialises dense (Hq, n, n) scores: about 6.6 GiB peak at 4096 tokens with 64 heads
+# (measured; about 6.6 bytes per score element). Allow that many score elements, whatever the preset.
+DENSE_SCORE_LIMIT = 64 * 4096 * 4096
+DENSE_BYTES_PER_SCORE = 7
+SCORE_TAP_LIMIT = 1 << 24  # harness/stages.py: larger score taps are not produced
+BUDGET_FRACTION = 0.8  # of the memory available when the run starts
+
+
+class CaseTooLarge(ValueError):
+    """A case this machine cannot compute; the message says the limit and why."""
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable; physical memory elsewhere)."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def expected_bytes(case: Case) -> dict[str, int]:
+    """The peak memory computing a case's expected tensors takes, by part (an estimate from its shape)."""
+    c = preset(case.preset)
+    h, hq, hkv, d = c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim
+    tokens = case.batch_size * (case.pad_to or max(case.lengths))
+    longest = max(case.lengths)
+    elem = 2 if case.dtype == "bfloat16" else 4
+    per_token = 3 * h + 3 * hq * d + 3 * hkv * d  # normed, out_proj, output; q, q_rope, attn; k, v, k_rope
+    score_taps = min(case.batch_size * hq * tokens * (tokens + 1), SCORE_TAP_LIMIT) * 2 * (8 + elem)
+    return {
+        "inputs": tokens * h * (8 + elem),
+        "stage tensors (oracle in float64, reference)": case.depth * tokens * per_token * (8 + elem) + score_taps,
+        "reference's dense scores": hq * longest * longest * DENSE_BYTES_PER_SCORE * (elem // 2),
+        "oracle's working set": longest * (h + (hq + 2 * hkv) * d) * 8 * 4,
+    }
+
+
+def check_fits(case: Case, reference: bool = True) -> None:
+    """CaseTooLarge unless computing the case's expected tensors (with the reference when `reference`)
+    fits the dense-score limit and this machine's available memory."""
+    c = preset(case.preset)
+    longest = max(case.lengths)
+    if reference and c.num_attention_heads * longest**2 > DENSE_SCORE_LIMIT:
+        raise CaseTooLarge(
+            f"case {case.id}: the bf16 reference materialises dense scores, and a row of {longest} tokens with "
+            f"{c.num_attention_heads} heads needs {c.num_attention_heads * longest**2:,} of them, over its limit of "
+            f"{DENSE_SCORE_LIMIT:,} (about 6.6 GiB, 4,096 tokens at 64 heads); use shorter rows, or judge the case "
+            "from a golden (--no-reference)")
+    parts = expected_bytes(case)
+    if not reference:
+        parts.pop("reference's dense scores")
+    need = sum(parts.values())
+    have = available_memory()
+    if have is not None and need > BUDGET_FRACTION * have:
+        detail = ", ".join(f"{name} {size / 2**30:.1f} GiB" for name, size in parts.items())
+        raise CaseTooLarge(
+            f"case {case.id}: its expected tensors need about {need / 2**30:.1f} GiB ({detail}), more than "
+            f"{BUDGET_FRACTION:.0%} of the {have / 2**30:.1f} GiB this machine has available; use fewer or shorter "
+            "rows, a smaller pad_to or depth, or a machine with more memory")

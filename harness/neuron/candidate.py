@@ -1,0 +1,120 @@
+"""The Neuron candidates behind the harness's one protocol, all run by the same driver:
+
+- `nxdi-emulation`: NxDI's conventions in pure torch (harness/neuron/emulation.py), on every machine;
+- `neuron`: upstream NxDI's NeuronGptOssAttention (SDK 2.27+);
+- `neuron-block`: this project's gpt-oss block on NeuronAttentionBase (harness/neuron/block.py, SDK 2.26+);
+- `neuron:package.module:Class`: a user's own NeuronAttentionBase subclass (constructor contract in
+  README "Running on a Neuron host").
+The SDK candidates run on a Neuron device when there is one (each bucket and phase traced and
+compiled once), else eagerly in NxDI's CPU mode; without the SDK they cannot be built at all
+(NeuronUnavailable, with the install line). Each result's `info` says the mode, the buckets that ran
+and, on a device, the builds and their time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from harness.batch import Batch, BlockSpec
+from harness.candidates.protocol import CandidateResult, CandidateUnsupported
+from harness.neuron.bugs import Bugs
+from harness.neuron.convert import check_loaded, nxdi_state_dict
+from harness.neuron.driver import Buckets, Driver, PlanUnsupported
+from harness.neuron.emulation import NxdiConventionAttention
+from harness.neuron.environment import require
+from harness.neuron.layer import NeuronLayer
+
+KINDS = ("emulation", "neuron", "neuron-block", "class")
+
+
+class EagerLayer:
+    """A NeuronLayer run in this process (CPU mode and the emulation)."""
+
+    def __init__(self, module: NeuronLayer):
+        self.module = module
+
+    def keep_internals(self, keep: bool) -> bool:
+        """Ask the attention module to keep its internals (only the emulation can); whether it will."""
+        if not hasattr(self.module.attn, "keep_internals"):
+            return False
+        self.module.attn.keep_internals = keep
+        return keep
+
+    def internals(self) -> dict:
+        return getattr(self.module.attn, "recorded", {})
+
+    def context(self, x, mask, position_ids):
+        with torch.no_grad():
+            return self.module(x, mask, position_ids)
+
+    def generation(self, x, mask, position_ids, k_cache, v_cache, active):
+        with torch.no_grad():
+            return self.module(x, mask, position_ids, k_cache, v_cache, active)
+
+
+def load_layer(module: NeuronLayer, spec: BlockSpec, bugs: Bugs = Bugs()) -> NeuronLayer:
+    """Fill the layer with the case's weights (strict conversion, checked after loading)."""
+    given = nxdi_state_dict(spec.weights, spec.config, module.state_dict(), bugs=bugs)
+    module.load_state_dict(given, strict=True)
+    check_loaded(module, given)
+    return module.eval()
+
+
+def configured_buckets() -> Buckets:
+    return Buckets.parse(os.environ.get("PARITY_NEURON_BUCKETS", ""))
+
+
+class NeuronCandidate:
+    plans = ("prefill", "decode", "chunked")
+
+    def __init__(self, kind: str = "neuron", class_path: str | None = None, name: str | None = None,
+                 buckets: Buckets | None = None, bugs: Bugs = Bugs()):
+        if kind not in KINDS:
+            raise ValueError(f"kind={kind!r} must be one of {KINDS}")
+        self.kind, self.class_path, self.bugs = kind, class_path, bugs
+        self.bucket_config = buckets or configured_buckets()
+        self.name = name or {"emulation": "nxdi-emulation", "class": f"neuron:{class_path}"}.get(kind, kind)
+        if kind == "emulation":
+            self.mode = "emulation"
+        else:
+            self.environment = require()  # NeuronUnavailable, with the install line, when the SDK is missing
+            self.mode = self.environment.mode
+        self._built: tuple | None = None
+        self.builds, self.build_seconds = 0, 0.0
+
+    def __repr__(self):  # short: hypothesis prints candidates in failing examples
+        return f"<{self.name} ({self.mode})>"
+
+    def _layer(self, spec: BlockSpec, batch: Batch):
+        key = (spec.layer_idx, spec.dtype, spec.config)
+        if self._built and self._built[0] is spec.weights and self._built[1] == key:
+            return self._built[2]
+        if self.kind == "emulation":
+            attention = NxdiConventionAttention(spec.config, spec.layer_idx, spec.dtype, self.bugs)
+            layer = EagerLayer(load_layer(NeuronLayer(attention, spec.config.hidden_size), spec, self.bugs))
+        else:
+            from harness.neuron import nxdi  # the SDK is imported only here
+
+            layer = nxdi.make_layer(self, spec)
+        self._built = (spec.weights, key, layer)
+        return layer
+
+    def run(self, spec: BlockSpec, batch: Batch, *, taps: bool = False) -> CandidateResult:
+        layer = self._layer(spec, batch)
+        try:
+            output, stage_taps, info = Driver(layer, spec, self.bucket_config, self.bugs).run(batch)
+        except PlanUnsupported as exc:
+            raise CandidateUnsupported(str(exc)) from exc
+        info["mode"] = self.mode
+        if self.mode == "device":
+            info.update(builds=self.builds, build_seconds=round(self.build_seconds, 1))
+        return CandidateResult(output, stage_taps if taps else {}, info)
+
+
+class NxdiEmulation(NeuronCandidate):
+    """The `nxdi-emulation` built-in (a class built without arguments)."""
+
+    def __init__(self, name: str = "nxdi-emulation", bugs: Bugs = Bugs(), buckets: Buckets | None = None):
+        super().__init__("emulation", name=name, bugs=bugs, buckets=buckets)

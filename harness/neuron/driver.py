@@ -1,0 +1,239 @@
+"""The driver: a case's serving plan run the way NxDI's model calls its attention, for every Neuron
+candidate and the emulation alike (pure torch; the layer it calls may run eagerly or on a device).
+
+- prefill: one context-encoding call (CTE). decode: CTE of each row's prefix, then one token-generation
+  call (TKG) per step. chunked: CTE of the first chunk, then one TKG call with the rest of each row
+  (several tokens per step, as speculation runs).
+- buckets: NxDI pads each phase to the first bucket larger than the input (the largest bucket when
+  the input fills it exactly; models/model_wrapper.py); padding is on the right and its tokens get
+  position 1. The batch is padded to a batch bucket with one-token rows, a step's tokens to a power of
+  two; outputs are sliced back. Which buckets ran is reported in the result's info.
+- masks (harness/neuron/masks.py) and the caller's KV cache (harness/neuron/cache.py), written after
+  each step; the module returns keys after RoPE.
+- taps, without changing the module: normed and the residual output from the layer, out_proj from
+  the attention's output, k_rope and v from its present_key_value (a stage is tapped only where every
+  judged position was seen, since a sliding layer's context hands over only its last window). A layer
+  that can show its internals (the emulation) gives q, k, q_rope, attn, and the scores and
+  probabilities over the keys it read, each key placed at the position the driver believes its cache
+  slot holds: a key from the wrong slot then shows at the scores, where it is plain to see.
+- memory the module must never read is poisoned: a bucket's padding tokens and the cache's
+  never-written slots hold large finite values (NxDI has zeros there). A correct module gives them
+  probability exactly 0 and is bit-for-bit unaffected; one that reads them is loudly wrong.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from harness.batch import Batch, BlockSpec
+from harness.neuron.bugs import Bugs
+from harness.neuron.cache import KVCache, round_up
+from harness.neuron.masks import active_mask, context_mask, generation_mask, ring_positions
+from harness.seeds import generator, normal
+from harness.stages import score_taps_fit
+
+POWERS_OF_TWO = tuple(2**i for i in range(18))
+POISON = 64.0  # scale of the values in memory that must never be read
+DEFAULT_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192)
+
+
+class BucketError(ValueError):
+    """The case needs a bucket the candidate was not configured with."""
+
+
+class PlanUnsupported(Exception):
+    """The module cannot run a step the plan needs (e.g. several tokens in one generation step)."""
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Padded sizes each phase is compiled for. Context buckets on sliding layers must exceed W-1:
+    NxDI's context encoding hands over the last W-1 keys and fails on a shorter context."""
+
+    context: tuple[int, ...] = DEFAULT_BUCKETS
+    generation: tuple[int, ...] = DEFAULT_BUCKETS  # cache length of full layers (max_length)
+    batch: tuple[int, ...] = (1, 2, 4)
+
+    @classmethod
+    def parse(cls, text: str) -> "Buckets":
+        """'context=128,256;generation=512;batch=1,4' (any part may be left out)."""
+        values = {}
+        for part in filter(None, (p.strip() for p in text.split(";"))):
+            name, _, numbers = part.partition("=")
+            if name.strip() not in ("context", "generation", "batch"):
+                raise BucketError(f"bucket spec {text!r}: unknown phase {name.strip()!r}; expected context=..., "
+                                  "generation=..., batch=... separated by ';'")
+            try:
+                sizes = tuple(sorted({int(n) for n in numbers.split(",") if n.strip()}))
+            except ValueError:
+                raise BucketError(f"bucket spec {text!r}: {name.strip()} must be a comma-separated list of integers") from None
+            if not sizes or sizes[0] < 1:
+                raise BucketError(f"bucket spec {text!r}: {name.strip()} needs positive sizes")
+            values[name.strip()] = sizes
+        return cls(**values)
+
+
+def pick(buckets: tuple[int, ...], n: int, what: str) -> int:
+    """NxDI's first-fit: the first bucket larger than n, or the largest when n fills it exactly."""
+    for size in buckets:
+        if n < size:
+            return size
+    if n == buckets[-1]:
+        return n
+    raise BucketError(f"{what} of {n} does not fit the configured buckets {list(buckets)}: add a larger one "
+                      "($PARITY_NEURON_BUCKETS, README \"Running on a Neuron host\")")
+
+
+def poison(*shape: int, dtype: torch.dtype) -> torch.Tensor:
+    return (normal(generator("neuron-poison", *shape), *shape) * POISON).to(dtype)
+
+
+def at_least(sizes: tuple[int, ...], n: int, what: str) -> int:
+    """The first size >= n (batch rows, tokens of a generation step)."""
+    for size in sizes:
+        if n <= size:
+            return size
+    raise BucketError(f"{what} of {n} does not fit the configured sizes {list(sizes)}: add a larger one "
+                      "($PARITY_NEURON_BUCKETS, README \"Running on a Neuron host\")")
+
+
+class Driver:
+    """Runs one batch through `layer`, an object with
+        context(x, mask, position_ids) and generation(x, mask, position_ids, k_cache, v_cache, active_mask),
+    each returning (output, normed, out_proj, k, v) (harness/neuron/layer.py)."""
+
+    def __init__(self, layer, spec: BlockSpec, buckets: Buckets = Buckets(), bugs: Bugs = Bugs()):
+        self.layer, self.spec, self.buckets, self.bugs = layer, spec, buckets, bugs
+        c = spec.config
+        self.window = spec.window
+        self.heads, self.kv_heads, self.head_dim, self.hidden = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size
+
+    def run(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+        b, s = batch.valid.shape
+        rows = at_least(self.buckets.batch, b, "a batch of rows")
+        dt = self.spec.dtype
+        seen = {name: torch.zeros(b, s, dtype=torch.bool) for name in ("normed", "out_proj", "output", "k_rope", "v")}
+        out = {name: torch.full((b, s, self.hidden), float("nan"), dtype=dt) for name in ("normed", "out_proj", "output")}
+        out.update({name: torch.full((b, s, self.kv_heads, self.head_dim), float("nan"), dtype=dt) for name in ("k_rope", "v")})
+        slots = [batch.slots(r) for r in range(b)]  # slot of each position, per row
+        keep = getattr(self.layer, "keep_internals", None)
+        self.internal = bool(keep) and keep(score_taps_fit(b, self.heads, s))
+        if self.internal:
+            for name, heads in (("q", self.heads), ("k", self.kv_heads), ("q_rope", self.heads), ("attn", self.heads)):
+                out[name] = torch.full((b, s, heads, self.head_dim), float("nan"), dtype=dt)
+                seen[name] = torch.zeros(b, s, dtype=torch.bool)
+            out["scores"] = torch.full((b, self.heads, s, s), -float("inf"), dtype=dt)
+            out["probs"] = torch.zeros((b, self.heads, s, s + 1), dtype=dt)
+            seen["scores"] = seen["probs"] = torch.zeros(b, s, dtype=torch.bool)
+        self.out, self.seen, self.slots = out, seen, slots
+
+        def record(name, row, positions, values):
+            out[name][row, slots[row][positions]] = values.to(dt)
+            seen[name][row, slots[row][positions]] = True
+
+        # context encoding: positions [0, n0) of every row, right-padded to the context bucket
+        n0 = [stop for (_, stop) in batch.steps[0]]
+        if any(start for (start, _) in batch.steps[0]):
+            raise ValueError("a plan's first step must start at position 0 (context encoding)")
+        length = pick(self.buckets.context, max(n0), "a context of tokens")
+        x = poison(rows, length, self.hidden, dtype=dt)  # padding: never to be read
+        pos = torch.arange(length).repeat(rows, 1)
+        for r in range(rows):
+            n = n0[r] if r < b else 1
+            if r < b:
+                x[r, :n] = batch.hidden[r, slots[r][:n]]
+            if not self.bugs.count_padding_positions:
+                pos[r, n:] = 1  # NxDI pads position ids with 1 (model_wrapper.py)
+        info = {"buckets": {"batch": rows, "context": length}, "steps": ["context"]}
+        output, normed, out_proj, k, v = self.layer.context(x, context_mask(rows, length, self.window), pos)
+        ring = k.shape[2] if self.window else None
+        held = ring_positions(torch.tensor(n0 + [1] * (rows - b)), ring, ring) if ring else None
+        for r in range(b):
+            p = torch.arange(n0[r])
+            for name, t in (("output", output), ("normed", normed), ("out_proj", out_proj)):
+                record(name, r, p, t[r, : n0[r]])
+            kp = held[r][held[r] >= 0] if ring else p
+            src = torch.nonzero(held[r] >= 0).squeeze(1) if ring else p
+            record("k_rope", r, kp, k[r, :, src].transpose(0, 1))
+            record("v", r, kp, v[r, :, src].transpose(0, 1))
+            if self.internal:
+                self._record_internals(r, p, torch.arange(n0[r]), torch.arange(n0[r]))
+
+        later = batch.steps[1:]
+        if later:
+            total = max(stop for step in batch.steps for (_, stop) in step)
+            if ring:
+                cache = KVCache(rows, self.kv_heads, self.head_dim, round_up(ring), dt, ring, self.window, self.bugs)
+            else:
+                size = pick(self.buckets.generation, total, "a sequence (the cache) of tokens")
+                info["buckets"]["generation"] = size
+                cache = KVCache(rows, self.kv_heads, self.head_dim, size, dt)
+            cache.k.copy_(poison(*cache.k.shape, dtype=dt))  # slots never written must never be read
+            cache.v.copy_(poison(*cache.v.shape, dtype=dt) * 0.5)
+            cache.fill_prefix(k, v)
+            for step in later:
+                self._generate(batch, step, rows, length, cache, info, record)
+        taps = {name: t for name, t in out.items() if bool(seen[name][batch.compare].all())}
+        output = taps.pop("output")
+        return output, taps, info
+
+    def _record_internals(self, row: int, positions: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> None:
+        """Place the layer's internals for one row of the last call: `queries` index its query axis
+        (at `positions`), `keys` give the position each entry of its key axis holds (-1: none)."""
+        got = self.layer.internals()
+        dt, out, seen, slots = self.spec.dtype, self.out, self.seen, self.slots[row]
+        q_slots = slots[positions]
+        for name in ("q", "k", "q_rope", "attn"):
+            out[name][row, q_slots] = got[name][row][:, queries].transpose(0, 1).to(dt)
+            seen[name][row, q_slots] = True
+        real = (keys >= 0).nonzero().squeeze(1)
+        k_slots = slots[keys[real]]
+        scores = got["scores"][row][:, queries]  # [H, q, keys]
+        probs = got["probs"][row][:, queries]
+        out["scores"][row][:, q_slots[:, None], k_slots[None, :]] = scores[:, :, real].to(dt)
+        out["probs"][row][:, q_slots[:, None], k_slots[None, :]] = probs[:, :, real].to(dt)
+        out["probs"][row][:, q_slots, -1] = probs[:, :, -1].to(dt)
+        seen["scores"][row, q_slots] = True
+
+    def _generate(self, batch, step, rows, context_length, cache, info, record):
+        b = len(step)
+        counts = [stop - start for (start, stop) in step]
+        q = at_least(POWERS_OF_TWO, max(counts), "a generation step")
+        dt = self.spec.dtype
+        start = torch.tensor([st for (st, _) in step] + [0] * (rows - b))
+        pos = start[:, None] + torch.arange(q)[None, :]
+        valid = torch.zeros(rows, q, dtype=torch.bool)
+        x = poison(rows, q, self.hidden, dtype=dt)
+        for r, (st, stop) in enumerate(step):
+            valid[r, : stop - st] = True
+            x[r, : stop - st] = batch.hidden[r, batch.slots(r)[st:stop]]
+        mask = generation_mask(pos, start, cache.slots, self.window, cache.ring, self.bugs.expose_last_slot)
+        if self.bugs.padding_visible and cache.ring is None:
+            mask = mask | (torch.arange(cache.slots) < context_length)[None, None, None, :]
+        info["steps"].append(f"generation x{q}")
+        try:
+            output, normed, out_proj, k, v = self.layer.generation(x, mask, pos, cache.k, cache.v,
+                                                                   active_mask(pos, valid, self.window))
+        except Exception as exc:
+            if q > 1:
+                raise PlanUnsupported(f"the module failed on a token-generation step of {q} tokens per row "
+                                      f"({type(exc).__name__}: {exc}); chunked plans need several tokens per step "
+                                      "(NxDI's native path supports them with an active mask)") from exc
+            raise
+        for r, (st, stop) in enumerate(step):
+            p = torch.arange(st, stop)
+            n = stop - st
+            for name, t in (("output", output), ("normed", normed), ("out_proj", out_proj)):
+                record(name, r, p, t[r, :n])
+            record("k_rope", r, p, k[r, :, :n].transpose(0, 1))
+            record("v", r, p, v[r, :, :n].transpose(0, 1))
+            if self.internal:
+                if cache.ring is None:
+                    held = torch.where(torch.arange(cache.slots) < st, torch.arange(cache.slots), -1)
+                else:
+                    held = ring_positions(torch.tensor([st]), cache.ring, cache.slots)[0]
+                keys = torch.cat((held, torch.where(valid[r], pos[r], -1)))
+                self._record_internals(r, p, torch.arange(n), keys)
+        cache.write(k, v, pos, valid)

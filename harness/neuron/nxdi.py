@@ -1,0 +1,210 @@
+"""Building NxDI's attention modules from a case's spec, and running them eagerly (CPU mode) or
+compiled on a Neuron device. Only this module and harness/neuron/block.py import the SDK.
+
+Traps handled here (shared notes/nxdi.md): attention_bias must be True or the q/k/v/o biases are
+silently absent; the nn.Linear projections are created in float32 whatever torch_dtype says, so the
+module is cast; LearnedSink's constructor initialises a one-process model-parallel state, after which
+modules get Column/RowParallelLinear, so it is torn down after every build; kernels are switched off
+(attn_kernel_enabled=False): the native path is what CPU mode runs and what the sinks are defined on.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import inspect
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+
+from harness.batch import BlockSpec
+from harness.neuron.layer import NeuronLayer
+
+MAX_LENGTH = 8192  # the config's max_length / seq_len: the largest bucket a module is built for
+
+
+def teardown_parallel_state() -> None:
+    """Undo LearnedSink's fallback model-parallel state, so that the next module gets plain Linear layers."""
+    from neuronx_distributed.parallel_layers import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        parallel_state.destroy_model_parallel()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def inference_config(spec: BlockSpec, batch: int, on_cpu: bool, max_length: int = MAX_LENGTH):
+    """GptOssInferenceConfig (SDK 2.27+), or a plain InferenceConfig with the same fields (2.26)."""
+    c = spec.config
+    neuron_args = dict(tp_degree=1, batch_size=batch, max_batch_size=batch, seq_len=max_length, max_length=max_length,
+                       max_context_length=max_length, on_cpu=on_cpu, torch_dtype=spec.dtype, attn_kernel_enabled=False,
+                       logical_nc_config=int(os.environ.get("NEURON_LOGICAL_NC_CONFIG", "1")))
+    fields = dict(hidden_size=c.hidden_size, head_dim=c.head_dim, num_attention_heads=c.num_attention_heads,
+                  num_key_value_heads=c.num_key_value_heads, num_hidden_layers=max(spec.layer_idx + 1, 2),
+                  sliding_window=c.sliding_window, initial_context_length=c.initial_context_length,
+                  rope_theta=c.rope_theta, rope_scaling_factor=c.rope_scaling_factor, rope_ntk_alpha=c.rope_ntk_alpha,
+                  rope_ntk_beta=c.rope_ntk_beta, attention_bias=True,
+                  # required by the config's validator, never read by attention
+                  num_local_experts=1, num_experts_per_tok=1, vocab_size=32, intermediate_size=c.hidden_size,
+                  pad_token_id=0, rms_norm_eps=1e-5)
+    try:
+        from neuronx_distributed_inference.models.gpt_oss.modeling_gpt_oss import GptOssInferenceConfig, GptOssNeuronConfig
+    except ImportError:  # SDK 2.26: no upstream gpt-oss model
+        from neuronx_distributed_inference.models.config import InferenceConfig, NeuronConfig
+
+        return InferenceConfig(NeuronConfig(**neuron_args), **fields)
+    return GptOssInferenceConfig(GptOssNeuronConfig(**neuron_args), **fields)
+
+
+def layer_config(config, layer_idx: int):
+    """Per-layer config: even layers slide (sliding_window W), odd ones get None (as get_updated_configs)."""
+    try:
+        from neuronx_distributed_inference.models.gpt_oss.modeling_gpt_oss import get_updated_configs
+
+        return get_updated_configs(config)[layer_idx]
+    except ImportError:
+        updated = copy.deepcopy(config)
+        if layer_idx % 2:
+            updated.sliding_window = None
+        return updated
+
+
+def user_class(path: str):
+    from neuronx_distributed_inference.modules.attention.attention_base import NeuronAttentionBase
+
+    module_name, _, attr = path.partition(":")
+    try:
+        cls = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"candidate neuron:{path}: cannot load {path} ({exc})") from None
+    if not (isinstance(cls, type) and issubclass(cls, NeuronAttentionBase)):
+        raise ValueError(f"candidate neuron:{path}: {path} is not a NeuronAttentionBase subclass; a Neuron candidate "
+                         "is an NxDI attention module (README \"Running on a Neuron host\"); wrap any other block as a "
+                         "plain candidate (README \"Plugging in your own block\")")
+    return cls
+
+
+def build_attention(kind: str, class_path: str | None, spec: BlockSpec, batch: int, on_cpu: bool):
+    """The attention module for one layer, cast to the case's dtype, parallel state torn down."""
+    teardown_parallel_state()
+    config = layer_config(inference_config(spec, batch, on_cpu), spec.layer_idx)
+    if kind == "neuron":
+        try:
+            from neuronx_distributed_inference.models.gpt_oss.modeling_gpt_oss import NeuronGptOssAttention
+        except ImportError as exc:
+            raise ValueError(f"candidate neuron needs NxDI's gpt-oss model (SDK 2.27 or later; {exc}); with SDK 2.26 "
+                             "use --candidate neuron-block") from None
+        attention = NeuronGptOssAttention(config)
+    elif kind == "neuron-block":
+        from harness.neuron.block import gpt_oss_attention_class
+
+        attention = gpt_oss_attention_class()(config, spec.layer_idx)
+    else:
+        cls = user_class(class_path)
+        kwargs = {"layer_idx": spec.layer_idx} if "layer_idx" in inspect.signature(cls.__init__).parameters else {}
+        attention = cls(config, **kwargs)
+    teardown_parallel_state()
+    return attention.to(spec.dtype).eval()
+
+
+class LayerModule(NeuronLayer):
+    """A NeuronLayer built from keywords alone, as NxDI's build_module constructs what it traces."""
+
+    def __init__(self, kind: str, class_path: str | None, spec_json: str, batch: int):
+        spec = spec_from_json(spec_json)
+        super().__init__(build_attention(kind, class_path, spec, batch, on_cpu=False), spec.config.hidden_size)
+
+
+class ContextModule(LayerModule):
+    def forward(self, x, mask, position_ids):  # noqa: D102 (one traced signature per phase)
+        return super().forward(x, mask, position_ids)
+
+
+class GenerationModule(LayerModule):
+    def forward(self, x, mask, position_ids, k_cache, v_cache, active):  # noqa: D102
+        return super().forward(x, mask, position_ids, k_cache, v_cache, active)
+
+
+def spec_to_json(spec: BlockSpec) -> str:
+    import dataclasses
+
+    return json.dumps({"config": dataclasses.asdict(spec.config), "layer": spec.layer_idx, "dtype": str(spec.dtype)[6:]})
+
+
+def spec_from_json(text: str) -> BlockSpec:
+    from reference.gpt_oss import ModelConfig
+
+    data = json.loads(text)
+    return BlockSpec(ModelConfig(**data["config"]), data["layer"], {}, getattr(torch, data["dtype"]))
+
+
+def compile_cache_dir() -> Path:
+    """Where traced modules and their checkpoints are kept: $PARITY_NEURON_CACHE, default
+    ~/.cache/gpt-oss-parity/neuron. neuronx-cc keeps its compiled graphs in its own persistent cache
+    ($NEURON_COMPILE_CACHE_URL, default /var/tmp/neuron-compile-cache), so an unchanged graph is not
+    compiled again."""
+    base = os.environ.get("PARITY_NEURON_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt-oss-parity" / "neuron"
+    return Path(base)
+
+
+class DeviceLayer:
+    """Compiles and runs one layer per (phase, shape) on the Neuron device; built once per shape."""
+
+    def __init__(self, candidate, spec: BlockSpec):
+        from safetensors.torch import save_file
+
+        self.candidate, self.spec = candidate, spec
+        self.models: dict[tuple, object] = {}
+        eager = NeuronLayer(build_attention(candidate.kind, candidate.class_path, spec, 1, on_cpu=True),
+                            spec.config.hidden_size)
+        from harness.neuron.candidate import load_layer
+
+        state = load_layer(eager, spec, candidate.bugs).state_dict()
+        digest = hashlib.sha256(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in state.values())).hexdigest()[:16]
+        self.checkpoint = compile_cache_dir() / "weights" / f"{digest}.safetensors"
+        if not self.checkpoint.exists():
+            self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(self.checkpoint))
+
+    def _model(self, phase: str, inputs: tuple):
+        from neuronx_distributed_inference.utils.testing import build_module
+        from safetensors.torch import load_file
+
+        key = (phase, *(tuple(t.shape) for t in inputs))
+        if key not in self.models:
+            module_cls = ContextModule if phase == "context" else GenerationModule
+            spec_json = spec_to_json(self.spec)
+            tag = hashlib.sha256(json.dumps([self.candidate.kind, self.candidate.class_path, spec_json, key]).encode()).hexdigest()[:16]
+            started = time.monotonic()
+            self.models[key] = build_module(
+                module_cls, [inputs], module_init_kwargs=dict(kind=self.candidate.kind, class_path=self.candidate.class_path,
+                                                              spec_json=spec_json, batch=inputs[0].shape[0]),
+                tp_degree=1, compiler_args="--auto-cast=none" if self.spec.dtype == torch.float32 else None,
+                compiler_workdir=str(compile_cache_dir() / "work" / tag), checkpoint_path=str(self.checkpoint),
+                logical_nc_config=int(os.environ.get("NEURON_LOGICAL_NC_CONFIG", "1")),
+                checkpoint_loader_fn=lambda path: load_file(str(path)))
+            self.candidate.builds += 1
+            self.candidate.build_seconds += time.monotonic() - started
+        return self.models[key]
+
+    def context(self, x, mask, position_ids):
+        inputs = (x, mask, position_ids)
+        return tuple(self._model("context", inputs)(*inputs))
+
+    def generation(self, x, mask, position_ids, k_cache, v_cache, active):
+        inputs = (x, mask, position_ids, k_cache, v_cache, active)
+        return tuple(self._model("generation", inputs)(*inputs))
+
+
+def make_layer(candidate, spec: BlockSpec):
+    """What the driver calls: compiled on a device, eager in CPU mode."""
+    if candidate.mode == "device":
+        return DeviceLayer(candidate, spec)
+    from harness.neuron.candidate import EagerLayer, load_layer
+
+    attention = build_attention(candidate.kind, candidate.class_path, spec, 1, on_cpu=True)
+    return EagerLayer(load_layer(NeuronLayer(attention, spec.config.hidden_size), spec, candidate.bugs))

@@ -1,0 +1,78 @@
+"""A time limit on each candidate call, so that a hung candidate is a `timeout` verdict, not a hung gate.
+
+The limit comes from $PARITY_TIME_LIMIT (seconds; `parity run --time-limit`, `pytest
+--parity-time-limit`), else the candidate's own `time_limit` attribute (a device candidate that
+compiles on its first call may need more), else DEFAULT_SECONDS; 0 means no limit.
+
+In the main thread on POSIX, SIGALRM interrupts the candidate at the limit: Python code (loops,
+sleeps, waits) stops there with CandidateTimeout. Native code only sees the signal when it returns to
+Python, so a watchdog thread also runs: a candidate still stuck GRACE_SECONDS after its limit (a
+deadlocked kernel or device call) ends the process with exit status 124 and a message saying why,
+which a CI job reports as a failure instead of waiting for ever.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+
+DEFAULT_SECONDS = 600.0
+GRACE_SECONDS = float(os.environ.get("PARITY_TIME_LIMIT_GRACE") or 60)  # tests shorten it
+EXIT_STATUS = 124  # what `timeout` exits with
+
+
+class CandidateTimeout(Exception):
+    """A candidate call ran past its time limit."""
+
+
+def limit_for(candidate) -> float:
+    """Seconds allowed for one call of `candidate` (0: unlimited)."""
+    raw = os.environ.get("PARITY_TIME_LIMIT")
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"PARITY_TIME_LIMIT={raw!r} must be a number of seconds (0: no limit)") from None
+        if not value >= 0:
+            raise ValueError(f"PARITY_TIME_LIMIT={raw!r} must be a number of seconds >= 0 (0: no limit)")
+        return value
+    own = getattr(candidate, "time_limit", None)
+    return float(own) if isinstance(own, (int, float)) and own >= 0 else DEFAULT_SECONDS
+
+
+def _stuck(what: str, seconds: float, started: float) -> None:
+    print(f"\nparity: {what} has run for {time.monotonic() - started:.0f} s, past its time limit of {seconds:g} s, and "
+          "does not return to Python (stuck in native code, e.g. a kernel or device call); exiting with status "
+          f"{EXIT_STATUS}. Raise the limit with --time-limit / --parity-time-limit / $PARITY_TIME_LIMIT if it was "
+          "only slow", file=sys.stderr, flush=True)
+    os._exit(EXIT_STATUS)
+
+
+@contextlib.contextmanager
+def time_limit(seconds: float, what: str):
+    """Raise CandidateTimeout in the block after `seconds` (0: no limit); see the module docstring."""
+    if not seconds:
+        yield
+        return
+    started = time.monotonic()
+    watchdog = threading.Timer(seconds + GRACE_SECONDS, _stuck, (what, seconds, started))
+    watchdog.daemon = True
+    use_alarm = hasattr(signal, "setitimer") and threading.current_thread() is threading.main_thread()
+    if use_alarm:
+        def expire(signum, frame):
+            raise CandidateTimeout(f"{what} ran past its time limit of {seconds:g} s")
+
+        previous = signal.signal(signal.SIGALRM, expire)
+        signal.setitimer(signal.ITIMER_REAL, seconds)
+    watchdog.start()
+    try:
+        yield
+    finally:
+        watchdog.cancel()
+        if use_alarm:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
