@@ -5,16 +5,36 @@ case (harness.case) -> spec and batch (harness.batch) -> oracle and reference te
 (harness.expected: computed by harness.produce and reference/, or stored as goldens, harness.goldens)
 -> candidate tensors (harness.candidates) -> verdict (harness.compare) -> table / JSON (harness.cli).
 harness.runner ties one case together.
+
+The names below are imported on first use: the package's pytest plugin (harness.pytest_plugin) is
+loaded by every pytest run in an environment where this package is installed, and must not make each
+of them import torch.
 """
 
-from harness.batch import Batch, BlockSpec, build
-from harness.candidates import Candidate, CandidateResult, load_candidate
-from harness.case import Case
-from harness.compare import Bound, Bounds, Verdict, compare
-from harness.expected import expected_for
-from harness.runner import judge, run_case
+from __future__ import annotations
 
-__all__ = [
-    "Batch", "BlockSpec", "Bound", "Bounds", "Candidate", "CandidateResult", "Case", "Verdict",
-    "build", "compare", "expected_for", "judge", "load_candidate", "run_case",
-]
+import importlib
+
+_EXPORTS = {
+    "Batch": "harness.batch", "BlockSpec": "harness.batch", "build": "harness.batch",
+    "Candidate": "harness.candidates", "CandidateResult": "harness.candidates", "load_candidate": "harness.candidates",
+    "Case": "harness.case",
+    "Bound": "harness.compare", "Bounds": "harness.compare", "Verdict": "harness.compare", "compare": "harness.compare",
+    "expected_for": "harness.expected",
+    "judge": "harness.runner", "run_case": "harness.runner",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'harness' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -12,6 +12,7 @@ from pathlib import Path
 from dataclasses import asdict, dataclass, fields
 
 from harness.jsonfile import read_json
+from harness.locations import cases_dir
 from harness.presets import PRESETS
 from harness.weights import SCALE_REGIMES, SINK_REGIMES
 
@@ -200,9 +201,10 @@ def load_case_file(path: str | Path) -> list[Case]:
     return [Case.from_dict(item, source=f"{p} (case {i})") for i, item in enumerate(items)]
 
 
-CASES_DIR = Path(__file__).resolve().parent.parent / "cases"
+# The checkout's cases/, or the copy installed with the package (harness/locations.py).
+CASES_DIR = cases_dir()
 
 
 def curated_cases(directory: Path = CASES_DIR) -> list[Case]:
-    """Every case in the checkout's cases/*.json, in file order."""
+    """Every curated case (cases/*.json), in file order."""
     return [c for f in sorted(directory.glob("*.json")) for c in load_case_file(f)]

@@ -15,11 +15,13 @@ from harness.batch import with_checkpoint
 from harness.candidates import BUILTIN, load_candidate
 from harness.case import Case
 from harness.cli_goldens import add_parser as add_goldens_parser
+from harness.cli_history import add_parser as add_history_parser
 from harness.compare import Verdict
 from harness.console import Progress, UsageError, row
 from harness.expected import compute_expected
 from harness.goldens import GoldenError, GoldenSource
-from harness.jsonfile import write_json
+from harness.history import History, HistoryError, current_commit, history_path
+from harness.jsonfile import read_json, write_json
 from harness.limits import CaseTooLarge, check_fits
 from harness.report import load_records, record_of, write_report
 from harness.repro import load_failure, replay_command, save_failure
@@ -92,6 +94,7 @@ def cmd_run(args) -> int:
     else:
         cases = default_cases(args.quick)
     expected = expected_source(args, case_files)
+    history = open_history(args.history)
     if args.checkpoint:  # recorded in each case (path and hash), so that a repro file replays these weights
         try:
             cases = [with_checkpoint(c, args.checkpoint) for c in cases]
@@ -138,12 +141,30 @@ def cmd_run(args) -> int:
               + (f" and cached in {expected.cache.root}" if expected.computed else ""))
     by_name = {c.name: c for c in candidates}
     records = [record_of(c, v, bounds.for_candidate(by_name[v.candidate])) for c, v in pairs]
+    run_id = None
+    if history is not None:
+        run_id = history.append(records, "parity run", commit=current_commit())
+        print(f"appended {len(records)} check(s) to history {history.path} as run {run_id}")
     if args.json:
-        write_json(args.json, {"cases": records, "summary": {"checks": len(pairs), "failed": len(failed)}})
+        write_json(args.json, {"cases": records, "summary": {"checks": len(pairs), "failed": len(failed),
+                                                             "history_run": run_id}})
         print(f"wrote {args.json}")
     if args.report:
-        print(f"wrote {write_report(records, args.report)}")
+        print(f"wrote {write_report(records, args.report, history=history and history.path, run=run_id)}")
     return 1 if failed else 0
+
+
+def open_history(given: str | None) -> History | None:
+    """The history named by --history or $PARITY_HISTORY, checked writable before anything runs."""
+    path = history_path(given)
+    if path is None:
+        return None
+    try:
+        history = History(path)
+        history.check_writable()
+    except (HistoryError, OSError) as exc:
+        raise UsageError(f"--history: {exc}") from None
+    return history
 
 
 def cmd_replay(args) -> int:
@@ -196,8 +217,54 @@ def cmd_report(args) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file; the report is a folder (index.html, img/, records/): name a folder")
-    print(f"wrote {write_report(records, out)}")
+    history = history_path(args.history)
+    run = None
+    if history is not None:
+        try:
+            History(history).runs()  # readable before anything is drawn
+        except HistoryError as exc:
+            raise UsageError(str(exc)) from None
+        run = (read_json(args.results, "results file").get("summary") or {}).get("history_run")
+    print(f"wrote {write_report(records, out, history=history, run=run)}")
     return 0
+
+
+def cmd_summary(args) -> int:
+    from harness.summary import destination, markdown
+
+    try:
+        text = markdown(args.results)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    target = destination(args.out)
+    if target is None:
+        print(text, end="")
+        return 0
+    try:
+        with open(target, "a", encoding="utf-8") as f:  # appended: a job's steps share one summary file
+            f.write(text)
+    except OSError as exc:
+        raise UsageError(f"cannot append the summary to {target}: {exc}") from None
+    print(f"appended the summary to {target}")
+    return 0
+
+
+def cmd_doctor(args) -> int:
+    from harness.doctor import gather, report, unmet
+
+    findings = gather()
+    print(report(findings))
+    required = args.require or []
+    missing = unmet(findings, required)
+    if not required:
+        return 0
+    if not missing:
+        print(f"\nok: this machine can run what was required ({', '.join(required)})")
+        return 0
+    print(f"\nNOT READY for --require {' '.join(required)}; missing:", file=sys.stderr)
+    for m in missing:
+        print(f"  - {m}", file=sys.stderr)
+    return 1
 
 
 def cmd_selftest(args) -> int:
@@ -214,9 +281,15 @@ def cmd_selftest(args) -> int:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     progress = Progress(0)
     started = time.monotonic()
+
+    def show(i: int, total: int, what: str) -> None:
+        if total != progress.total:  # mutants, then benign examples: another cost per step
+            progress.phase(total)
+        progress.show(i, what)
+
     try:
         result = run_selftest(tuple(args.mutant or ALL_MUTANTS), tuple(args.benign or BENIGN), args.max_examples,
-                              args.benign_examples, tuple(args.without or ()), lambda what: progress.show(0, what))
+                              args.benign_examples, tuple(args.without or ()), show)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     progress.clear()
@@ -270,7 +343,11 @@ def _expected_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parity", description="Numerical parity harness for gpt-oss attention.")
+    parser = argparse.ArgumentParser(prog="parity", description="Numerical parity harness for gpt-oss attention.",
+                                     epilog="Exit status: 0 success, 1 a check failed (or what the command names), "
+                                            "2 bad input, 124 a candidate stuck past its time limit (README "
+                                            "\"Exit codes and outputs\").")
+    parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="check candidates against the float64 oracle and the bf16 reference",
@@ -287,6 +364,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", metavar="PATH", help="also write the verdicts as JSON")
     run.add_argument("--report", metavar="DIR", help="also write an HTML report with pictures of every failure")
     run.add_argument("--no-probes", action="store_true", help="skip the tolerance-free probes (faster)")
+    run.add_argument("--history", metavar="PATH",
+                     help="append every check to this SQLite history (default $PARITY_HISTORY; see `parity history`)")
     _expected_options(run)
     _bound_options(run)
     _run_options(run)
@@ -307,7 +386,32 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Render DIR/index.html (offline, with pictures) from a `parity run --json` file.")
     report.add_argument("results", metavar="RESULTS_JSON", help="file written by `parity run --json`")
     report.add_argument("--out", metavar="DIR", default="parity-report", help="output folder (default: parity-report)")
+    report.add_argument("--history", metavar="PATH",
+                        help="a history (default $PARITY_HISTORY): failing and drifting checks get a picture of their "
+                             "ratio across its runs")
     report.set_defaults(func=cmd_report)
+
+    summary = sub.add_parser("summary", help="write the markdown job summary of saved results",
+                             description="Write a markdown summary (a table of every check, failures first, with "
+                                         "the failure messages) of a `parity run --json`, `pytest --parity-json` or "
+                                         "`parity selftest --json` file. Appended to --out, else to "
+                                         "$GITHUB_STEP_SUMMARY when set (a GitHub job summary), else printed. Exit 0; "
+                                         "2 on an unreadable file (the verdicts' exit status is the run's).")
+    summary.add_argument("results", metavar="RESULTS_JSON", help="file written by --json / --parity-json")
+    summary.add_argument("--out", metavar="PATH", help="append the summary to this file")
+    summary.set_defaults(func=cmd_summary)
+
+    doctor = sub.add_parser("doctor", help="print what the harness sees here; check a machine can run a gate",
+                            description="Print Python, torch, transformers, the Neuron SDK's packages, Neuron devices, "
+                                        "the Neuron mode a candidate would run in, the compile caches, the golden "
+                                        "stores and their state. With --require, exit 1 naming what is missing and "
+                                        "the fix when this machine cannot run it.")
+    doctor.add_argument("--require", action="append", choices=("neuron", "device", "goldens"),
+                        help="neuron: the Neuron SDK imports (device or CPU mode); device: a Neuron device in device "
+                             "mode; goldens: every committed golden present, fresh and intact (repeatable)")
+    doctor.set_defaults(func=cmd_doctor)
+
+    add_history_parser(sub)
 
     selftest = sub.add_parser("selftest", help="prove the harness catches every known bug class and passes benign variants",
                               description="Run every mutant (one real bug class each) and benign variant (correct, other "
@@ -327,6 +431,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_goldens_parser(sub)
     return parser
+
+
+def version_text() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("gpt-oss-parity")
+    except PackageNotFoundError:
+        own = "unknown (not installed: run it from a `pip install`ed package)"
+    return f"parity (gpt-oss-parity) {own}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -82,6 +82,10 @@ def recovered_cases(folder: Path) -> list[Case]:
 
 def cmd_regenerate(args) -> int:
     store = target_store(args)
+    try:
+        store.check_writable()  # before anything is computed
+    except GoldenError as exc:
+        raise UsageError(str(exc)) from None
     if args.rebuild:
         try:
             aside = store.move_aside() if store.root.is_dir() else None

@@ -42,6 +42,7 @@ from harness.golden_format import (FORMAT, VERSION, TensorDiff, deserialise, dif
                                    header_metadata, oracle_dtype, reference_fingerprint, serialise, stats,
                                    tensor_sha256, to_tensors, weights_sha256)
 from harness.jsonfile import write_bytes, write_json
+from harness.locations import running_from_checkout
 from harness.repro import safe_name
 
 try:
@@ -126,10 +127,12 @@ class Change:
 class GoldenStore:
     """One folder of goldens. `budget`: the most bytes its tensor files may take (None: unlimited)."""
 
-    def __init__(self, root: str | Path, budget: int | None = None, label: str | None = None):
+    def __init__(self, root: str | Path, budget: int | None = None, label: str | None = None,
+                 read_only: str | None = None):
         self.root = Path(root)
         self.budget = budget
         self.label = label or str(self.root)
+        self.read_only = read_only  # why this store is never written (None: it may be)
         if self.root.exists() and not self.root.is_dir():
             raise GoldenError(f"golden store {self.root} is a file, expected a folder (or a path where one can be "
                               "created): name another one with --dir, $PARITY_GOLDEN_DIR or $PARITY_GOLDEN_CACHE")
@@ -137,6 +140,12 @@ class GoldenStore:
     @classmethod
     def committed(cls) -> GoldenStore:
         root = committed_dir()
+        if root == COMMITTED_DIR and not running_from_checkout():
+            # The copy installed with the package: its goldens belong to the version installed.
+            return cls(root, COMMITTED_BUDGET, f"installed store {root}", read_only=(
+                f"the committed store here is the copy installed with the package ({root}): its goldens are "
+                "regenerated in a checkout of gpt-oss-parity and shipped with a release; for goldens of your own "
+                "cases name a store of your own (`--dir DIR`, or `--cache`)"))
         label = "committed store cases/goldens" if root == COMMITTED_DIR else f"committed store {root}"
         return cls(root, COMMITTED_BUDGET, label)
 
@@ -153,9 +162,15 @@ class GoldenStore:
         return self.root / MANIFEST
 
     # -- locking -----------------------------------------------------------------------------------
+    def check_writable(self) -> None:
+        if self.read_only:
+            raise GoldenError(f"{self.label} is not written: {self.read_only}")
+
     @contextlib.contextmanager
     def _lock(self, exclusive: bool):
-        if fcntl is None:
+        if exclusive:
+            self.check_writable()
+        if fcntl is None or self.read_only:  # nobody writes a read-only store: no lock file in site-packages
             yield
             return
         try:

@@ -12,6 +12,7 @@ import html
 import json
 from pathlib import Path
 
+from harness import report_history
 from harness.jsonfile import read_json, write_json
 from harness.repro import safe_name
 from harness.stages import STAGES
@@ -173,30 +174,42 @@ td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}th{background:#eee}.p
 img{max-width:100%;border:1px solid #ddd;margin:4px 0}figure{margin:0 0 1em 0}"""
 
 
-def write_report(records: list[dict], directory: str | Path) -> Path:
+def write_report(records: list[dict], directory: str | Path, history: str | Path | None = None,
+                 run: str | None = None) -> Path:
+    """`history`: a history store (harness/history.py); each failing or drifting check then gets a picture
+    of its ratio across the store's runs. `run`: the run these records were appended to it as."""
     out = Path(directory)
     (out / "img").mkdir(parents=True, exist_ok=True)
     (out / "records").mkdir(exist_ok=True)
     for r in records:
         write_json(out / "records" / f"{_slug(r)}.json", r)
     failed = [r for r in records if r["verdict"] != "pass"]
+    failing = {id(r) for r in failed}
+    trends = report_history.trends(records, out / "img", history, run) if history else {}
+    drifting = [r for r in records if r["verdict"] == "pass" and _slug(r) in trends]
     rows = []
     for r in records:
+        slug = _slug(r)
         cls = "pass" if r["verdict"] == "pass" else "bad"
         ratio = f"{r['worst_ratio']:.3g}" if r.get("worst_ratio") is not None else "-"
         probes = ", ".join(p["name"] for p in r.get("probes", []) if not p["passed"] and p.get("binding")) or "-"
-        link = f'<a href="#{_slug(r)}">{html.escape(r["id"])}</a>' if cls == "bad" else html.escape(r["id"])
-        rows.append(f"<tr><td>{link}</td><td>{html.escape(r['candidate'])}</td><td class={cls}>{r['verdict'].upper()}</td>"
+        link = f'<a href="#{slug}">{html.escape(r["id"])}</a>' if cls == "bad" or slug in trends else html.escape(r["id"])
+        drift = f" (drift {trends[slug].drift:.2f}x)" if cls == "pass" and slug in trends else ""
+        rows.append(f"<tr><td>{link}</td><td>{html.escape(r['candidate'])}</td><td class={cls}>{r['verdict'].upper()}{drift}</td>"
                     f"<td>{ratio}</td><td>{html.escape(str(r.get('first_divergent_stage') or '-'))}</td><td>{html.escape(probes)}</td></tr>")
     sections = []
-    for r in failed:
+    for r in failed + drifting:
+        slug = _slug(r)
         figures = "".join(f'<figure><img src="img/{n}" alt="{html.escape(c)}"><figcaption>{html.escape(c)}</figcaption></figure>'
-                          for n, c in _plots(r, out / "img"))
-        sections.append(f'<h2 id="{_slug(r)}">{html.escape(r["id"])} / {html.escape(r["candidate"])}: {r["verdict"].upper()}</h2>'
+                          for n, c in (_plots(r, out / "img") if id(r) in failing else []))
+        figures += report_history.figure(trends[slug]) if slug in trends else ""
+        title = r["verdict"].upper() if id(r) in failing else f"PASS, drifting ({trends[slug].drift:.2f}x)"
+        sections.append(f'<h2 id="{slug}">{html.escape(r["id"])} / {html.escape(r["candidate"])}: {title}</h2>'
                         f"<pre>{html.escape(r.get('message', ''))}</pre>"
                         f"<p>case: <code>{html.escape(json.dumps(r.get('case', {})))}</code></p>{figures}")
     page = (f"<!doctype html><html><head><meta charset='utf-8'><title>parity report</title><style>{CSS}</style></head><body>"
-            f"<h1>gpt-oss attention parity</h1><p>{len(records) - len(failed)} passed, {len(failed)} failed.</p>"
+            f"<h1>gpt-oss attention parity</h1><p>{len(records) - len(failed)} passed, {len(failed)} failed"
+            f"{f', {len(drifting)} drifting' if history else ''}.</p>"
             "<table><tr><th>case</th><th>candidate</th><th>verdict</th><th>worst ratio</th><th>first divergent stage</th>"
             f"<th>failed probes</th></tr>{''.join(rows)}</table>{''.join(sections)}</body></html>")
     index = out / "index.html"

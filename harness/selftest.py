@@ -183,7 +183,7 @@ def run_benign(names, drawn: list[Case], cache: ExpectedCache, progress=None) ->
     candidates = {name: variant("benign", name) for name in names}
     for i, case in enumerate(drawn, 1):
         if progress:
-            progress(f"benign {i}/{len(drawn)}")
+            progress(i, len(drawn), f"benign example {case.id}")
         expected = cache.get(case)
         for name, candidate in candidates.items():
             v = judge(case, candidate, expected, isolation=False)
@@ -204,7 +204,8 @@ def run_selftest(
     without: tuple[str, ...] = (),
     progress=None,
 ) -> SelftestResult:
-    """`without`: ablation names (ABLATIONS) whose ingredient is removed from the generators."""
+    """`without`: ablation names (ABLATIONS) whose ingredient is removed from the generators.
+    `progress(i, total, what)` is called as step i of total starts (mutants, then benign examples)."""
     # Rows of 2047-4097 tokens cost seconds per dense candidate run and no bug class here needs them;
     # `pytest -m parity` still draws them (harness/strategies.py: long=True).
     kwargs: dict = {"long": False}
@@ -225,6 +226,6 @@ def run_selftest(
     found = []
     for i, name in enumerate(mutants, 1):
         if progress:
-            progress(f"mutant {i}/{len(mutants)} {name}")
+            progress(i, len(mutants), f"mutant {name}")
         found.append(hunt(name, drawn[:max_examples], cache))
     return SelftestResult(found, run_benign(benign, drawn[:benign_examples], cache, progress) if benign else [])

@@ -17,13 +17,18 @@ BUILTIN = {
 NEURON = ("neuron", "neuron-block")
 
 
+def needs_neuron_sdk(spec: str) -> bool:
+    """Whether the candidate `spec` runs on the Neuron SDK (`neuron`, `neuron-block`, `neuron:...`)."""
+    return spec in NEURON or spec.partition(":")[0] == "neuron"
+
+
 def load_candidate(spec: str) -> Candidate:
     """`spec` is a built-in name (see BUILTIN), `neuron` or `neuron-block` (harness/neuron),
     `neuron:package.module:Class` (a user's NeuronAttentionBase subclass), `mutant:NAME` or `benign:NAME`
     (the self-test's variants, harness/mutants.py), or `package.module:attribute`. A Neuron candidate
     without the SDK raises NeuronUnavailable (a ValueError naming the install line)."""
     kind, _, variant = spec.partition(":")
-    if spec in NEURON or kind == "neuron":
+    if needs_neuron_sdk(spec):
         from harness.neuron.candidate import NeuronCandidate
 
         if spec in NEURON:
