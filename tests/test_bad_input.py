@@ -131,7 +131,7 @@ def test_a_crashing_candidate_keeps_its_whole_traceback(tmp_path, capsys):
 
 def test_pytest_shows_a_crashing_candidates_traceback():
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--candidate",
-                          "tests.broken_candidates:raises_key_error", "tests/test_parity.py::test_curated_sweep",
+                          "tests.broken_candidates:raises_key_error", "harness/pytest_plugin/suite.py::test_curated_sweep",
                           "-k", "n1-", "-x"], cwd=ROOT, capture_output=True, text=True, timeout=600,
                          env={**os.environ, "PARITY_FAILURES_DIR": "/tmp/parity-test-failures"})
     assert out.returncode == 1 and "raised KeyError: 'qkv'" in out.stdout and "in lookup" in out.stdout, out.stdout[-3000:]

@@ -421,7 +421,7 @@ def test_pytest_regen_goldens_rewrites_and_reports(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CI"}
     env["PARITY_GOLDEN_DIR"] = str(tmp_path / "goldens")
     run = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--candidate", "reference",
-           f"tests/test_parity.py::test_curated_case_files[reference-{target.id}]"]
+           f"harness/pytest_plugin/suite.py::test_curated_case_files[reference-{target.id}]"]
     missing = subprocess.run(run, cwd=ROOT, env=env, capture_output=True, text=True)
     assert missing.returncode == 1 and missing.stdout.count(f"parity goldens regenerate --case {target.id}") == 1, missing.stdout
     regen = subprocess.run(run + ["--regen-goldens"], cwd=ROOT, env=env, capture_output=True, text=True)

@@ -261,7 +261,7 @@ def test_neuron_candidates_without_the_sdk_say_how_to_install(tmp_path, capsys):
 @pytest.mark.skipif(SDK, reason="the Neuron SDK is installed here")
 def test_pytest_skips_every_neuron_test_with_one_reason():
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "parity", "-rs",
-                          "--candidate", "neuron", "tests/test_parity.py", "-k", "curated_sweep or case_files"],
+                          "--candidate", "neuron", "harness/pytest_plugin/suite.py", "-k", "curated_sweep or case_files"],
                          cwd=ROOT, capture_output=True, text=True, timeout=600, env={**os.environ, "CI": ""})
     assert out.returncode == 0, out.stdout[-3000:]
     skips = [line for line in out.stdout.splitlines() if line.startswith("SKIPPED")]
