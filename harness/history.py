@@ -166,6 +166,10 @@ class History:
                 db.execute("COMMIT")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        except sqlite3.OperationalError as exc:  # locked past the timeout, read-only, disk full
+            db.close()
+            raise HistoryError(f"history {self.path} cannot be used: {exc} (another writer may have held it for "
+                               f"{BUSY_TIMEOUT_S} s)") from None
         except sqlite3.DatabaseError as exc:
             db.close()
             raise HistoryError(f"history {self.path} is not a SQLite database ({exc}); move it aside and let the "
@@ -197,6 +201,9 @@ class History:
             db.executemany("INSERT INTO checks (run, time, source, commit_sha, case_id, candidate, verdict, worst_ratio, "
                            "first_divergent_stage, stage_ratios, versions, info) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
             db.execute("COMMIT")
+        except sqlite3.OperationalError as exc:
+            raise HistoryError(f"history {self.path}: the run's {len(rows)} row(s) were not written: {exc} (another "
+                               f"writer may have held it for {BUSY_TIMEOUT_S} s)") from None
         finally:
             db.close()
         return run
