@@ -8,13 +8,13 @@ harness.runner ties one case together.
 """
 
 from harness.batch import Batch, BlockSpec, build
-from harness.candidates import Candidate, CandidateResult, load_candidate
+from harness.candidates import Candidate, CandidateResult, CandidateUnsupported, load_candidate
 from harness.case import Case
 from harness.compare import Bound, Bounds, Verdict, compare
 from harness.expected import expected_for
 from harness.runner import judge, run_case
 
 __all__ = [
-    "Batch", "BlockSpec", "Bound", "Bounds", "Candidate", "CandidateResult", "Case", "Verdict",
+    "Batch", "BlockSpec", "Bound", "Bounds", "Candidate", "CandidateResult", "CandidateUnsupported", "Case", "Verdict",
     "build", "compare", "expected_for", "judge", "load_candidate", "run_case",
 ]
