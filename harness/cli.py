@@ -92,6 +92,11 @@ def cmd_run(args) -> int:
     else:
         cases = default_cases(args.quick)
     expected = expected_source(args, case_files)
+    for c in candidates:  # say where each Neuron candidate runs, before anything does
+        if getattr(c, "mode", None):
+            env = getattr(c, "environment", None)
+            print(f"{c.name}: mode {c.mode}" + (f" ({env.reason})" if env else " (NxDI's conventions in pure torch: "
+                                                                                 "an emulation, not a device result)"))
     if args.checkpoint:  # recorded in each case (path and hash), so that a repro file replays these weights
         try:
             cases = [with_checkpoint(c, args.checkpoint) for c in cases]
