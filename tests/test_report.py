@@ -84,3 +84,42 @@ def test_run_saves_the_environment_and_report_shows_it(tmp_path, capsys):
     assert main(["report", str(results), "--out", str(tmp_path / "rep")]) == 0
     page = (tmp_path / "rep" / "index.html").read_text()
     assert env["cpu_capability"] in page and data["cases"][0]["replay"] in page
+
+
+FAKE_TESTS = '''
+from hypothesis import given, strategies as st
+
+
+@given(x=st.integers(0, 1000))
+def test_fails_from_ten(x, parity_options):
+    parity_options.records.add({"id": f"x={x}", "candidate": "fake", "verdict": "fail" if x >= 10 else "pass"})
+    assert x < 10
+
+
+@given(x=st.integers(0, 5))
+def test_passes(x, parity_options):
+    parity_options.records.add({"id": f"y={x}", "candidate": "fake", "verdict": "pass"})
+'''
+
+
+def test_pytest_keeps_one_record_per_test(tmp_path):
+    """Each hypothesis example and shrink step replaced the test's record: a failing test keeps its
+    final falsifying example, and the records never show up in hypothesis's printout."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    shutil.copy(root / "conftest.py", tmp_path / "conftest.py")
+    (tmp_path / "test_fake.py").write_text(FAKE_TESTS)
+    env = {**os.environ, "HYPOTHESIS_PROFILE": "ci"}
+    r = subprocess.run([sys.executable, "-m", "pytest", str(tmp_path), "-p", "no:cacheprovider", "-q",
+                        "--parity-report", str(tmp_path / "rep")], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert "1 failed, 1 passed" in r.stdout, r.stdout + r.stderr
+    records = sorted(p.name for p in (tmp_path / "rep" / "records").iterdir())
+    # the failing test's shrunk example, and one (the last) of the passing test's examples
+    assert len(records) == 2 and records[0] == "x_10--fake.json" and records[1].startswith("y_"), records
+    assert "1 passed, 1 failed" in (tmp_path / "rep" / "index.html").read_text()
+    assert "parity records>" in r.stdout and "'candidate': 'fake'" not in r.stdout
