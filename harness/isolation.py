@@ -130,10 +130,14 @@ def diagnose(v: Verdict, candidate, tapped: set[str], expected: Expected, bounds
                           "the failure is error accumulated across stages")
         if stopped:
             v.message += f"\n  stage isolation stopped early: {stopped}"
+    untapped = [s for s in STAGES if s in expected.oracle and s not in tapped | {"output"}]
     if not tapped - {"output"}:
         v.message += (f"\n  the candidate taps only its output: returning stage taps (CandidateResult.taps, any of "
                       f"{TAPPABLE}; layouts in harness/stages.py) would localise each bug to its stage"
                       + (" (from the output alone only the last one is bracketed)" if feed else ""))
+    elif untapped:
+        v.message += (f"\n  not tapped: {', '.join(untapped)}; an error that starts there is named at the next tapped "
+                      "stage (tapping them would name it where it starts)")
     if not feed:
         v.message += ("\n  only the first failing stage is certain, later ones may carry its error: a candidate "
                       "whose run() accepts feed={stage: tensor} gets every stage that fails on its own named")
@@ -146,8 +150,10 @@ def _message(v: Verdict, end_to_end: str | None, bounds: Bounds) -> str:
         head += f" ({len(ds)} divergent stages: {', '.join(d.stage for d in ds)})"
     if end_to_end and end_to_end != ds[0].stage:
         head += f" (first seen at {end_to_end})"
-    lines = [head, "  entered with the oracle's values of every earlier stage, "
-             + ("each of these stages fails on its own:" if len(ds) > 1 else "it fails on its own:")]
+    intro = "  entered with the oracle's values of every earlier stage"
+    if all(d.located_by == "tap" for d in ds):
+        intro += ", " + ("each of these stages fails on its own" if len(ds) > 1 else "it fails on its own")
+    lines = [head, intro + ":"]
     lines += [_describe(d, bounds) for d in ds]
     carried = [s.stage for s in v.stages if not s.passed]
     if carried:

@@ -198,7 +198,8 @@ def hunt(name: str, drawn: list[Case], cache: "ExpectedCache", hunted: dict | No
     bug_stages = {bug: (final if c is candidate else judge(small, c, cache.get(small))).divergent_stages
                   for bug, c in alone.items()}
     expected = sorted((st[0] for st in bug_stages.values() if len(st) == 1), key=_pipeline_order)
-    named = len(expected) == len(bugs) == len(set(expected)) and final.divergent_stages == expected
+    # divergent stages are distinct, so two bugs naming the same stage can never match
+    named = len(expected) == len(bugs) and final.divergent_stages == expected
     message = final.message
     if not named:
         alone_said = "; ".join(f"{bug} alone: {', '.join(st) or 'nothing'}" for bug, st in bug_stages.items())

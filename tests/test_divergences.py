@@ -170,6 +170,10 @@ def test_messages_say_what_the_candidate_needs_next():
     v = judge(SMALL, as_candidate(plain), e, probes=False)
     assert "taps only its output" in v.message and "accepts feed=" in v.message
 
+    from harness.candidates.flash import FlashBlock  # never materialises scores or probabilities
+    v = judge(SMALL, FlashBlock(name="flash_no_mask", causal=False), e, probes=False)
+    assert v.divergent_stages == ["attn"] and "not tapped: scores, probs; an error that starts there" in v.message
+
 
 def test_isolation_survives_a_candidate_that_cannot_be_entered_everywhere():
     class Picky(EmulatedBlock):
