@@ -78,7 +78,7 @@ def cmd_run(args) -> int:
         cases = default_cases(args.quick)
     expected = expected_source(args, case_files)
     widths = (44, max(9, *(len(c.name) for c in candidates)), 9, 11, 20)
-    print(row(("case", "candidate", "verdict", "worst ratio", "first failing stage"), widths))
+    print(row(("case", "candidate", "verdict", "worst ratio", "divergent stages"), widths))
     pairs: list[tuple[Case, Verdict]] = []
     started = time.monotonic()
     progress = Progress(len(cases))
