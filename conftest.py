@@ -50,6 +50,7 @@ def pytest_configure(config):
         if not limit >= 0:
             raise pytest.UsageError(f"--parity-time-limit must be a number of seconds >= 0 (0: no limit), got {limit}")
         os.environ["PARITY_TIME_LIMIT"] = str(limit)  # read by harness/timelimit.py
+    config._parity_records = ParityRecords()
     if config.getoption("--regen-goldens") and os.environ.get("CI"):
         raise pytest.UsageError("--regen-goldens writes the committed goldens and CI never writes them ($CI is set). "
                                 "Regenerate locally (`pytest --regen-goldens` or `parity goldens regenerate`) and "
@@ -62,9 +63,40 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("candidate_name", names)
 
 
+class ParityRecords:
+    """The report's records: one per test item. Under hypothesis a test runs many examples and shrink
+    steps; each replaces the item's previous record, so a failing test keeps its final falsifying
+    example (hypothesis runs it last) and a passing one its last example."""
+
+    def __init__(self):
+        self.by_test: dict[str, dict] = {}
+        self.current = "session"  # the running test item's node id (set by pytest_runtest_call)
+
+    def add(self, record: dict) -> None:
+        self.by_test[self.current] = record
+
+    def __iter__(self):
+        return iter(self.by_test.values())
+
+    def __len__(self):
+        return len(self.by_test)
+
+    def __repr__(self):  # hypothesis prints fixture arguments with a falsifying example: keep it short
+        return f"<{len(self)} parity records>"
+
+
+class ParityOptions:
+    """What every parity check in this session shares: bounds, strict probes, the report's records."""
+
+    def __init__(self, bounds, strict_probes: bool, records: ParityRecords):
+        self.bounds, self.strict_probes, self.records = bounds, strict_probes, records
+
+    def __repr__(self):
+        return f"ParityOptions(strict_probes={self.strict_probes}, {self.records!r})"
+
+
 @pytest.fixture(scope="session")
 def parity_options(pytestconfig):
-    """(bounds, strict_probes, records): what every parity check in this session shares."""
     from harness.tolerances import Bounds, load_bounds
 
     path = pytestconfig.getoption("--parity-bounds")
@@ -72,9 +104,12 @@ def parity_options(pytestconfig):
         bounds = load_bounds(path) if path else Bounds()
     except ValueError as exc:
         raise pytest.UsageError(str(exc)) from None
-    records = []
-    pytestconfig._parity_records = records
-    return bounds, pytestconfig.getoption("--strict-probes"), records
+    return ParityOptions(bounds, pytestconfig.getoption("--strict-probes"), pytestconfig._parity_records)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item):
+    item.config._parity_records.current = item.nodeid
 
 
 @pytest.fixture(scope="session")
@@ -123,9 +158,10 @@ def pytest_sessionfinish(session):
     directory = session.config.getoption("--parity-report")
     records = getattr(session.config, "_parity_records", None)
     if directory and records is not None:
+        from harness.environment import run_environment
         from harness.report import write_report
 
-        index = write_report(records, directory)
+        index = write_report(list(records), directory, run_environment())
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         if reporter:
             reporter.write_line(f"parity report: {index}")

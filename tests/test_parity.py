@@ -8,7 +8,7 @@ the command that replays it.
 
 import pytest
 from hypothesis import given, target
-from hypothesis.control import currently_in_test_context
+from hypothesis.control import current_build_context, currently_in_test_context
 from hypothesis import strategies as st
 
 from harness.candidates import load_candidate
@@ -32,10 +32,13 @@ def _candidate(name):
 
 def _assert_parity(case, candidate_name, options, expected, candidate=None):
     __tracebackhide__ = True
-    bounds, strict, records = options
     candidate = candidate or _candidate(candidate_name)
+    # Stage isolation costs a run per stage; while hypothesis searches and shrinks, only the final
+    # falsifying example (the one reported) needs it.
+    isolation = not currently_in_test_context() or current_build_context().is_final
     try:
-        (verdict,) = run_case(case, [candidate], bounds, strict_probes=strict, expected=expected)
+        (verdict,) = run_case(case, [candidate], options.bounds, strict_probes=options.strict_probes, expected=expected,
+                              isolation=isolation)
     except GoldenError as exc:  # missing, stale or corrupted: the message says how to fix it
         problem = str(exc)
     else:
@@ -44,13 +47,13 @@ def _assert_parity(case, candidate_name, options, expected, candidate=None):
         pytest.fail(problem, pytrace=False)
     if verdict.verdict == "unsupported":  # the candidate cannot run this case (e.g. its plan): said, not passed
         pytest.skip(verdict.message)
-    records.append(record_of(case, verdict, bounds.for_candidate(candidate)))
+    replay = None if verdict.passed else replay_command(save_failure(case, candidate_name, verdict))
+    options.records.add(record_of(case, verdict, options.bounds.for_candidate(candidate), replay))
     if verdict.worst_ratio is not None and currently_in_test_context():  # nightly: steer toward large ratios
         target(min(verdict.worst_ratio, 1e6), label="worst ratio")
     if not verdict.passed:
-        path = save_failure(case, candidate_name, verdict)
         trace = f"\n\nthe candidate's traceback:\n{verdict.traceback}" if verdict.traceback else ""
-        pytest.fail(f"{verdict.verdict.upper()}: {verdict.message}\nreplay: {replay_command(path)}{trace}", pytrace=False)
+        pytest.fail(f"{verdict.verdict.upper()}: {verdict.message}\nreplay: {replay}{trace}", pytrace=False)
 
 
 @pytest.mark.parity
