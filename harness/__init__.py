@@ -17,7 +17,8 @@ import importlib
 
 _EXPORTS = {
     "Batch": "harness.batch", "BlockSpec": "harness.batch", "build": "harness.batch",
-    "Candidate": "harness.candidates", "CandidateResult": "harness.candidates", "load_candidate": "harness.candidates",
+    "Candidate": "harness.candidates", "CandidateResult": "harness.candidates",
+    "CandidateUnsupported": "harness.candidates", "load_candidate": "harness.candidates",
     "Case": "harness.case",
     "Bound": "harness.compare", "Bounds": "harness.compare", "Verdict": "harness.compare", "compare": "harness.compare",
     "expected_for": "harness.expected",

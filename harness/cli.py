@@ -16,14 +16,15 @@ from harness.candidates import BUILTIN, load_candidate
 from harness.case import Case
 from harness.cli_goldens import add_parser as add_goldens_parser
 from harness.cli_history import add_parser as add_history_parser
-from harness.compare import Verdict
+from harness.compare import StageResult, Verdict
+from harness.environment import run_environment
 from harness.console import Progress, UsageError, row
 from harness.expected import compute_expected
 from harness.goldens import GoldenError, GoldenSource
 from harness.history import History, HistoryError, current_commit, history_path
 from harness.jsonfile import read_json, write_json
 from harness.limits import CaseTooLarge, check_fits
-from harness.report import load_records, record_of, write_report
+from harness.report import load_results, record_of, write_report
 from harness.repro import load_failure, replay_command, save_failure
 from harness.runner import run_case
 from harness.sweep import default_cases
@@ -95,6 +96,11 @@ def cmd_run(args) -> int:
         cases = default_cases(args.quick)
     expected = expected_source(args, case_files)
     history = open_history(args.history)
+    for c in candidates:  # say where each Neuron candidate runs, before anything does
+        if getattr(c, "mode", None):
+            env = getattr(c, "environment", None)
+            print(f"{c.name}: mode {c.mode}" + (f" ({env.reason})" if env else " (NxDI's conventions in pure torch: "
+                                                                                 "an emulation, not a device result)"))
     if args.checkpoint:  # recorded in each case (path and hash), so that a repro file replays these weights
         try:
             cases = [with_checkpoint(c, args.checkpoint) for c in cases]
@@ -106,7 +112,7 @@ def cmd_run(args) -> int:
         except CaseTooLarge as exc:
             raise UsageError(str(exc)) from None
     widths = (44, max(9, *(len(c.name) for c in candidates)), 9, 11, 20)
-    print(row(("case", "candidate", "verdict", "worst ratio", "first failing stage"), widths))
+    print(row(("case", "candidate", "verdict", "worst ratio", "divergent stages"), widths))
     pairs: list[tuple[Case, Verdict]] = []
     started = time.monotonic()
     progress = Progress(len(cases))
@@ -122,15 +128,17 @@ def cmd_run(args) -> int:
         for v in verdicts:
             pairs.append((case, v))
             ratio = f"{v.worst_ratio:.3g}" if v.worst_ratio is not None else "-"
-            stage = v.first_divergent_stage if not v.passed else "-"
-            print((row((v.case_id, v.candidate, v.verdict.upper(), ratio, stage), widths) + run_notes(v.info)).rstrip(), flush=True)
+            stages = ", ".join(v.divergent_stages) if not v.passed else "-"
+            print((row((v.case_id, v.candidate, v.verdict.upper(), ratio, stages), widths) + run_notes(v.info)).rstrip(),
+                  flush=True)
     unsupported = [(c, v) for c, v in pairs if v.verdict == "unsupported"]
     failed = [(c, v) for c, v in pairs if not v.passed and v.verdict != "unsupported"]
     for _, v in unsupported:
         print(f"\nUNSUPPORTED (not run, not counted as passed): {v.message}")
+    replays = {}
     for case, v in failed:
-        path = save_failure(case, specs[v.candidate], v)
-        print(f"\n{v.verdict.upper()}: {v.message}\n  replay: {replay_command(path)}")
+        replays[case.id, v.candidate] = replay_command(save_failure(case, specs[v.candidate], v))
+        print(f"\n{v.verdict.upper()}: {v.message}\n  replay: {replays[case.id, v.candidate]}")
         if v.traceback:
             print(_indent(v.traceback) if args.verbose else "  (the candidate's traceback is in the repro file; -v prints it)")
     print(f"\n{len(pairs) - len(failed) - len(unsupported)} checks passed, {len(failed)} failed"
@@ -140,17 +148,18 @@ def cmd_run(args) -> int:
         print(f"expected tensors: {expected.loaded} case(s) from goldens, {expected.computed} computed"
               + (f" and cached in {expected.cache.root}" if expected.computed else ""))
     by_name = {c.name: c for c in candidates}
-    records = [record_of(c, v, bounds.for_candidate(by_name[v.candidate])) for c, v in pairs]
+    records = [record_of(c, v, bounds.for_candidate(by_name[v.candidate]), replays.get((c.id, v.candidate))) for c, v in pairs]
+    environment = run_environment(["parity", *args.argv])
     run_id = None
     if history is not None:
         run_id = history.append(records, "parity run", commit=current_commit())
         print(f"appended {len(records)} check(s) to history {history.path} as run {run_id}")
     if args.json:
         write_json(args.json, {"cases": records, "summary": {"checks": len(pairs), "failed": len(failed),
-                                                             "history_run": run_id}})
+                                                             "history_run": run_id}, "environment": environment})
         print(f"wrote {args.json}")
     if args.report:
-        print(f"wrote {write_report(records, args.report, history=history and history.path, run=run_id)}")
+        print(f"wrote {write_report(records, args.report, environment, history=history and history.path, run=run_id)}")
     return 1 if failed else 0
 
 
@@ -184,7 +193,11 @@ def cmd_replay(args) -> int:
         failed += not v.passed
         print(f"\ncandidate {v.candidate}: {v.verdict.upper()}"
               + (f", first divergent stage {v.first_divergent_stage}" if not v.passed else ""))
-        print(stage_table(v))
+        print(stage_table(v.stages))
+        entered = [d.result for d in v.divergences if d.located_by == "tap" and d.result]
+        if entered:  # each fails on its own (harness/isolation.py)
+            print(f"divergent stages {', '.join(v.divergent_stages)}; entered with the oracle's values of every earlier stage:")
+            print(stage_table(entered))
         for p in v.probes:
             print(f"probe {p['name']:20} {'ok' if p['passed'] else 'FAILED'}{'' if p['binding'] else ' (not binding)'}: {p['detail']}")
         if v.message:
@@ -198,11 +211,11 @@ def _indent(text: str) -> str:
     return "\n".join("    " + line for line in text.rstrip().splitlines())
 
 
-def stage_table(v: Verdict) -> str:
+def stage_table(stages: list[StageResult]) -> str:
     widths = (6, 9, 10, 10, 8, 10, 10, 8, 9, 8, 5)
     head = ("layer", "stage", "cand max", "ref max", "ratio", "cand rms", "ref rms", "ratio", "cosine", "beyond", "ok")
     lines = [row(head, widths)]
-    for s in v.stages:
+    for s in stages:
         lines.append(row(("-" if s.layer is None else s.layer, s.stage, f"{s.cand_max:.3g}", f"{s.ref_max:.3g}",
                            f"{s.max_ratio:.3g}", f"{s.cand_rms:.3g}", f"{s.ref_rms:.3g}", f"{s.rms_ratio:.3g}",
                            f"{s.cand_cosine:.6f}", f"{s.beyond:.1%}", "yes" if s.passed else "NO"), widths))
@@ -211,7 +224,7 @@ def stage_table(v: Verdict) -> str:
 
 def cmd_report(args) -> int:
     try:
-        records = load_records(args.results)
+        records, environment = load_results(args.results)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     out = Path(args.out)
@@ -225,7 +238,7 @@ def cmd_report(args) -> int:
         except HistoryError as exc:
             raise UsageError(str(exc)) from None
         run = (read_json(args.results, "results file").get("summary") or {}).get("history_run")
-    print(f"wrote {write_report(records, out, history=history, run=run)}")
+    print(f"wrote {write_report(records, out, environment, history=history, run=run)}")
     return 0
 
 
@@ -268,11 +281,13 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_selftest(args) -> int:
-    from harness.mutants import ALL_MUTANTS, BENIGN
+    from harness.mutants import ALL_MUTANTS, BENIGN, DRIVER_MUTANTS, MULTI_BUG, MUTANTS
     from harness.selftest import ABLATIONS, run_selftest
 
     if args.list:
-        print("mutants:  " + ", ".join(ALL_MUTANTS))
+        print("mutants:  " + ", ".join(MUTANTS))
+        print("multi-bug mutants: " + ", ".join(MULTI_BUG))
+        print("driver mutants (nxdi-emulation): " + ", ".join(DRIVER_MUTANTS))
         print("benign:   " + ", ".join(BENIGN))
         print("ablations: " + ", ".join(ABLATIONS))
         return 0
@@ -293,15 +308,22 @@ def cmd_selftest(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     progress.clear()
-    widths = (32, 7, 9, 18, 44)
-    print(row(("mutant", "killed", "examples", "first stage", "shrunk case"), widths))
+    widths = (32, 7, 9, 6, 30, 44)
+    print(row(("mutant", "killed", "examples", "named", "divergent stages", "shrunk case"), widths))
     for m in result.mutants:
         shrunk = "-"
         if m.shrunk_case:
             c = m.shrunk_case
             plan = {"decode": f"decode{c['decode_steps']}", "chunked": f"chunk@{c['chunk_offset']}"}.get(c["plan"], "prefill")
             shrunk = f"layer {c['layer']}, lengths {c['lengths']}, {plan}, {c['padding']} pad, sinks {c['sinks']}"
-        print(row((m.name, "yes" if m.killed else "NO", m.examples_to_kill or "-", m.first_divergent_stage or "-", shrunk), widths))
+        name = m.name
+        if len(name) > widths[0]:  # a multi-bug mutant's long name gets a line of its own
+            print(name)
+            name = ""
+        print(row((name, "yes" if m.killed else "NO", m.examples_to_kill or "-", "yes" if m.named else "NO",
+                   ", ".join(m.divergent_stages) or "-", shrunk), widths))
+        if m.killed and not m.named:
+            print(f"    {m.message.splitlines()[0]}")
     if result.benign:
         widths = (32, 9, 13, 12)
         print("\n" + row(("benign variant", "examples", "false alarms", "worst ratio"), widths))
@@ -311,7 +333,8 @@ def cmd_selftest(args) -> int:
                 print(f"    {alarm}")
     summary = result.to_dict()["summary"]
     print(f"\n{summary['killed']} of {summary['mutants']} mutants killed (median {summary['median_examples_to_kill']} "
-          f"examples to kill); {summary['false_alarms']} false alarms in {summary['benign_examples']} benign examples "
+          f"examples to kill), {summary['named']} with every bug named at its own stage; "
+          f"{summary['false_alarms']} false alarms in {summary['benign_examples']} benign examples "
           f"({time.monotonic() - started:.0f} s)")
     if args.json:
         write_json(args.json, result.to_dict())
@@ -445,6 +468,7 @@ def version_text() -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for reports
     limit = getattr(args, "time_limit", None)
     if limit is not None:
         if not (limit >= 0 and math.isfinite(limit)):

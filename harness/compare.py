@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from harness.batch import Batch
+from harness.masks import broken_rules
 from harness.metrics import UNIT_ROUNDOFF, Errors, beyond_fraction, judged_positions, region, token_error, token_head_map
 from harness.stages import STAGES
 from harness.tolerances import Bound, Bounds  # noqa: F401  (re-exported)
@@ -44,11 +45,39 @@ class StageResult:
     leak_max: float = 0.0
     hidden: int = 0
     exposed: int = 0
+    # The same mask errors by the rule they break (harness/masks.py: broken_rules), e.g.
+    # {"causal": {"open": 120}, "window": {"open": 30, "hidden": 2}}: a port with several mask bugs
+    # learns each one. "open": masked pairs left open (scores) or given probability (probs).
+    mask_rules: dict = field(default_factory=dict)
+    # probs only: the errors of the sink column and of the key columns apart, {"sink column": {cand_max,
+    # ref_max, max_ratio}, "key columns": {...}}. A sink bug shows in the sink column directly.
+    split: dict = field(default_factory=dict)
     layer: int | None = None  # set in stacks
 
     @property
     def worst_ratio(self) -> float:
         return max(self.max_ratio, self.rms_ratio)
+
+
+@dataclass
+class Divergence:
+    """A stage where an error starts: the candidate, entered at this stage with the oracle's values of
+    every earlier stage, still fails here (harness/isolation.py). No earlier bug can reach it that way."""
+
+    stage: str
+    # located_by "tap": the stage's own tap failed, `result` holds its errors on entry. "output": the
+    # stage is not tapped; the block output fails entered here and passes entered after it, `result`
+    # holds the block output's errors on entry.
+    result: StageResult | None = None
+    located_by: str = "tap"
+    # stages of the same operation (harness/isolation.py: OPERATIONS) that fail on their own too
+    also: list[str] = field(default_factory=list)
+    detail: str = ""  # when there is no result: what was found (e.g. NaN on entry)
+    layer: int | None = None  # set in stacks
+
+    @property
+    def label(self) -> str:
+        return self.stage if self.layer is None else f"layer {self.layer} / {self.stage}"
 
 
 @dataclass
@@ -66,6 +95,9 @@ class Verdict:
     maps: dict = field(default_factory=dict)
     # the first stage that still fails when fed the oracle's inputs (candidates with stage entry)
     isolated_stage: str | None = None
+    # every stage that fails on its own, in pipeline order (candidates with stage entry); the first is
+    # first_divergent_stage
+    divergences: list[Divergence] = field(default_factory=list)
     # tolerance-free probes: [{name, passed, detail}]
     probes: list[dict] = field(default_factory=list)
     # verdicts "error" and "timeout": the candidate's whole traceback
@@ -77,9 +109,18 @@ class Verdict:
     def passed(self) -> bool:
         return self.verdict == "pass"
 
+    @property
+    def divergent_stages(self) -> list[str]:
+        """Every independent divergence, headline first. Without stage entry only the first failing
+        stage is known to be one (later failures may carry its error)."""
+        if self.divergences:
+            return [d.label for d in self.divergences]
+        return [self.first_divergent_stage] if self.first_divergent_stage else []
+
     def to_dict(self) -> dict:
         d = asdict(self)
         d["id"] = d.pop("case_id")
+        d["divergent_stages"] = self.divergent_stages
         return d
 
 
@@ -168,18 +209,33 @@ def judge_stage_in_batch(stage, batch, cand, ref, oracle: dict, bounds: Bounds, 
     if bad.any():
         return (f"{int(bad.sum())} of {int(mask.sum())} judged elements are NaN or Inf "
                 "(a read of masked or uninitialised memory, or an overflow)")
-    result = judge_stage(stage, cand, ref, oracle[stage], mask, bounds, UNIT_ROUNDOFF.get(dtype, 2.0**-8))
-    if hidden.any():
-        result.hidden, result.passed = int(hidden.sum()), False
-    if exposed.any():
-        result.exposed, result.passed = int(exposed.sum()), False
+    unit = UNIT_ROUNDOFF.get(dtype, 2.0**-8)
+    result = judge_stage(stage, cand, ref, oracle[stage], mask, bounds, unit)
+    if hidden.any() or exposed.any():
+        result.hidden, result.exposed, result.passed = int(hidden.sum()), int(exposed.sum()), False
+        result.mask_rules = broken_rules(batch.positions, batch.valid, exposed, hidden)
     if stage == "probs":
         masked = batch.compare[:, None, :, None] & _masked_keys(oracle, batch)
-        leaked = cand[masked] != 0
+        leaked = masked & (cand != 0)
         if leaked.any():
-            result.leaks, result.leak_max = int(leaked.sum()), float(cand[masked].abs().max())
+            result.leaks, result.leak_max = int(leaked.sum()), float(cand[leaked].abs().max())
+            result.mask_rules = broken_rules(batch.positions, batch.valid, leaked[..., :-1])
             result.passed = False
+        result.split = _split_sink(cand, ref, oracle[stage], mask, bounds, unit)
     return result
+
+
+def _split_sink(cand, ref, oracle, mask, bounds: Bounds, unit: float) -> dict:
+    """The probs errors of the sink column and of the key columns apart, each in units of the
+    reference's error there (same floor as the stage)."""
+    out = {}
+    for part, cols in (("sink column", slice(-1, None)), ("key columns", slice(None, -1))):
+        m = mask[..., cols]
+        c, r, o = cand[..., cols][m], ref[..., cols][m], oracle[..., cols][m]
+        ce, re_, scale = Errors.of(c, o), Errors.of(r, o), Errors.of(torch.zeros_like(o), o)
+        out[part] = {"cand_max": ce.max, "ref_max": re_.max,
+                     "max_ratio": _ratio(ce.max, re_.max, bounds.floor_ulps * unit * scale.max)}
+    return out
 
 
 def error_maps(batch, oracle, reference, produced) -> dict:
@@ -211,23 +267,53 @@ def _masked_keys(oracle: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
 
 def describe(s: StageResult, bounds: Bounds) -> str:
     """One line per failing stage, ending with the bound that would have passed."""
+    return f"  stage {s.stage}: " + "; ".join(failures(s, bounds))
+
+
+# What a wrong (query, key) pair of each rule is, in words: (rule, "open" or "hidden") -> the pairs.
+_PAIRS = {
+    ("causal", "open"): "with a later key",
+    ("window", "open"): "with a key W or more positions back",
+    ("padding", "open"): "with a padding key",
+    ("causal", "hidden"): "of a query and its own key",
+    ("window", "hidden"): "with an earlier key inside the window",
+}
+
+
+def mask_failures(s: StageResult) -> list[str]:
+    """One phrase per broken mask rule, with counts (tolerance-free: no bound makes these pass)."""
+    out = []
+    for rule, counts in s.mask_rules.items():
+        said = []
+        for how, n in counts.items():
+            pairs = f"{n} (query, key) pairs {_PAIRS[rule, how]}"
+            if how == "hidden":
+                said.append(f"{pairs} masked")
+            elif s.stage == "probs":
+                said.append(f"{pairs} given non-zero probability (up to {s.leak_max:.3g})")
+            else:
+                said.append(f"{pairs} left unmasked in the scores")
+        out.append(f"{rule} mask broken: " + ", ".join(said))
+    if out:
+        out[-1] += " (no tolerance makes this pass)"
+    return out
+
+
+def failures(s: StageResult, bounds: Bounds) -> list[str]:
+    """What fails at a stage: each broken mask rule, then each metric over its bound with the bound
+    that would have passed (and, at probs, the sink column and the key columns apart)."""
     bound = bounds.for_stage(s.stage)
-    parts = []
-    if s.exposed:
-        parts.append(f"{s.exposed} masked (query, key) pairs were left unmasked in the scores: the mask is missing "
-                     "or wrong (no tolerance makes this pass)")
-    if s.hidden:
-        parts.append(f"{s.hidden} visible (query, key) pairs were masked: the mask is wrong (no tolerance makes this pass)")
-    if s.leaks:
-        parts.append(f"{s.leaks} masked (query, key) pairs got non-zero probability, up to {s.leak_max:.3g}: "
-                     "the mask is missing or wrong (no tolerance makes this pass)")
+    parts = mask_failures(s)
     if s.max_ratio > bound.max_ratio:
         parts.append(f"max-abs error {s.cand_max:.3g} is {s.max_ratio:.3g}x the reference's {s.ref_max:.3g} "
                      f"(bound {bound.max_ratio:g}x; a bound of {_just_above(s.max_ratio)}x would have passed)")
     if s.rms_ratio > bound.rms_ratio:
         parts.append(f"RMS error {s.cand_rms:.3g} is {s.rms_ratio:.3g}x the reference's {s.ref_rms:.3g} "
                      f"(bound {bound.rms_ratio:g}x; a bound of {_just_above(s.rms_ratio)}x would have passed)")
-    return f"  stage {s.stage}: " + "; ".join(parts)
+    if s.split and len(parts) > len(s.mask_rules):
+        parts.append("max-abs error by column: " + ", ".join(f"{part} {e['max_ratio']:.3g}x" for part, e in s.split.items())
+                     + " the reference's")
+    return parts
 
 
 def _just_above(x: float) -> str:

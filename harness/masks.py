@@ -22,3 +22,37 @@ def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     mask = torch.zeros(keep.shape, dtype=dtype)
     mask.masked_fill_(~keep, torch.finfo(dtype).min)
     return mask[:, None]
+
+
+# The three mask rules, in the order they are reported. A mask error is a (query, key) pair that the
+# candidate left open although a rule masks it, or masked although every rule leaves it visible.
+MASK_RULES = ("causal", "window", "padding")
+
+
+def broken_rules(positions: torch.Tensor, valid: torch.Tensor, opened: torch.Tensor,
+                 hidden: torch.Tensor | None = None) -> dict[str, dict[str, int]]:
+    """Which rule each wrong pair breaks, with counts: {"causal": {"open": n}, "window": {"open": n,
+    "hidden": m}, ...}, only the rules with errors. `opened`, `hidden`: [B, H, Sq, Sk] pairs wrongly
+    open / wrongly masked (masked by the oracle, i.e. by some rule / visible to the oracle).
+
+    An opened pair is classified by its key alone, which needs no window size: a padding key breaks
+    the padding rule, a key later than the query the causal rule, and a real earlier key can only be
+    masked by the window. A hidden pair is visible to the oracle, so its key is real, not later and
+    inside any window: hiding the query's own key is a causal-mask off-by-one, hiding an earlier key a
+    window too narrow (or a window on a layer without one)."""
+    qp, kp = positions[:, None, :, None], positions[:, None, None, :]
+    pad = ~valid[:, None, None, :]
+    later = kp > qp
+    counts = {
+        ("padding", "open"): opened & pad,
+        ("causal", "open"): opened & ~pad & later,
+        ("window", "open"): opened & ~pad & ~later,
+    }
+    if hidden is not None:
+        counts[("causal", "hidden")] = hidden & (kp == qp)
+        counts[("window", "hidden")] = hidden & (kp != qp)
+    out: dict[str, dict[str, int]] = {rule: {} for rule in MASK_RULES}
+    for (rule, how), pairs in counts.items():
+        if pairs.any():
+            out[rule][how] = int(pairs.sum())
+    return {rule: found for rule, found in out.items() if found}

@@ -1,7 +1,11 @@
 """The self-test's variants. Each mutant carries one bug class seen in real gpt-oss ports (shared
 notes/semantics.md); each benign variant is a correct implementation with other numerics. Mutants
 must be caught, benign variants must pass. To add a bug class of your own, add a knob to
-harness/candidates/emulation.py (or a candidate class) and an entry here."""
+harness/candidates/emulation.py (or a candidate class) and an entry here.
+
+Real ports have several bugs at once. A mutant named "a+b" carries the bugs of mutants a and b
+together (any combination whose knobs do not collide works, e.g. `--candidate mutant:a+b`); the
+self-test runs the combinations in MULTI_BUG and requires each of their bugs named at its own stage."""
 
 from __future__ import annotations
 
@@ -34,9 +38,19 @@ MUTANTS: dict[str, dict] = {
     "softmax_scale_multiplied": {"scale": "multiply"},
 }
 
-# Every mutant the self-test hunts: the emulation's bug classes, then NxDI's calling conventions broken
-# in the driver the Neuron candidates share (harness/neuron/bugs.py), run through `nxdi-emulation`.
-ALL_MUTANTS = (*MUTANTS, *DRIVER_MUTANTS)
+# Combinations the self-test runs. The last is the port this harness was built for: no causal mask, the
+# pre-attention norm never applied, sinks dropped and no residual, all at once.
+MULTI_BUG: dict[str, tuple[str, ...]] = {"+".join(bugs): bugs for bugs in (
+    ("no_causal_mask", "sinks_dropped"),
+    ("norm_skipped", "no_window", "residual_missing"),
+    ("plain_rope_not_yarn", "gqa_tile_not_interleave"),
+    ("norm_skipped", "no_causal_mask", "sinks_dropped", "residual_missing"),
+)}
+
+# Every mutant the self-test hunts: the emulation's bug classes, their combinations, then NxDI's calling
+# conventions broken in the driver the Neuron candidates share (harness/neuron/bugs.py), run through
+# `nxdi-emulation`.
+ALL_MUTANTS = (*MUTANTS, *MULTI_BUG, *DRIVER_MUTANTS)
 
 BENIGN: dict[str, Callable[[], object]] = {
     "softmax_float32": lambda: EmulatedBlock(name="benign:softmax_float32", softmax="float32"),
@@ -47,13 +61,36 @@ BENIGN: dict[str, Callable[[], object]] = {
 }
 
 
+def bug_classes(name: str) -> tuple[str, ...]:
+    """The single-bug mutants a mutant name combines ("a+b" -> ("a", "b"))."""
+    if name in DRIVER_MUTANTS:
+        return (name,)
+    bugs = tuple(name.split("+"))
+    unknown = [b for b in bugs if b not in MUTANTS]
+    if unknown or len(set(bugs)) != len(bugs):
+        what = f"unknown mutant {unknown[0]!r}" if unknown else f"mutant {name!r} names a bug twice"
+        raise ValueError(f"{what}; mutants are: {', '.join((*MUTANTS, *DRIVER_MUTANTS))} (or several of the first "
+                         f"{len(MUTANTS)} joined with '+')")
+    return bugs
+
+
+def mutant_knobs(name: str) -> dict:
+    """The knobs of every bug class in `name`; two bug classes that set the same knob cannot combine."""
+    knobs: dict = {}
+    for bug in bug_classes(name):
+        clash = sorted(set(knobs) & set(MUTANTS[bug]))
+        if clash:
+            raise ValueError(f"mutant {name!r}: {bug} sets {', '.join(clash)}, which an earlier bug in it sets too")
+        knobs.update(MUTANTS[bug])
+    return knobs
+
+
 def variant(kind: str, name: str):
-    """A fresh candidate for `mutant:NAME` or `benign:NAME`."""
+    """A fresh candidate for `mutant:NAME` (NAME may join several mutants with '+') or `benign:NAME`."""
     if kind == "mutant" and name in DRIVER_MUTANTS:  # NxDI's calling conventions broken, in the emulation's driver
         return NxdiEmulation(name=f"mutant:{name}", bugs=DRIVER_MUTANTS[name])
-    table = {**MUTANTS, **DRIVER_MUTANTS} if kind == "mutant" else BENIGN
-    if name not in table:
-        raise ValueError(f"unknown {kind} {name!r}; {kind}s are: {', '.join(table)}")
     if kind == "mutant":
-        return EmulatedBlock(name=f"mutant:{name}", **MUTANTS[name])
+        return EmulatedBlock(name=f"mutant:{name}", **mutant_knobs(name))
+    if name not in BENIGN:
+        raise ValueError(f"unknown {kind} {name!r}; {kind}s are: {', '.join(BENIGN)}")
     return BENIGN[name]()

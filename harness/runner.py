@@ -3,7 +3,6 @@ Stacks (depth > 1) are judged layer by layer, teacher-forced or free-running."""
 
 from __future__ import annotations
 
-import inspect
 import traceback
 from dataclasses import dataclass
 
@@ -12,10 +11,10 @@ import torch
 from harness.batch import Batch, BlockSpec
 from harness.candidates import Candidate, CandidateResult, CandidateUnsupported, normalise_result
 from harness.case import Case
-from harness.compare import Bounds, Verdict, compare, judge_stage_in_batch
+from harness.compare import Bounds, Divergence, Verdict, compare
 from harness.expected import Expected, ExpectedFn, compute_expected, next_input
+from harness.isolation import diagnose
 from harness.probes import BINDING, STRICT, build_probes, judge_probe
-from harness.stages import STAGES
 from harness.timelimit import CandidateTimeout, limit_for, time_limit
 
 
@@ -51,61 +50,11 @@ def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds =
     v = _verdict(case.id, candidate, result, expected, bounds)
     if isinstance(result, CandidateFailure) or v.verdict in ("shape", "dtype", "error"):
         return v
-    if v.verdict == "fail" and isolation and accepts_feed(candidate):
-        v.isolated_stage = isolate(candidate, expected, bounds)
-        if v.isolated_stage is None:
-            v.message += ("\n  entered at each stage with the oracle's inputs, no stage fails on its own: "
-                          "the failure is error accumulated across stages")
-        elif v.isolated_stage != v.first_divergent_stage:
-            v.message += (f"\n  entered at each stage with the oracle's inputs, the error starts at "
-                          f"{v.isolated_stage} (first seen at {v.first_divergent_stage})")
-            v.first_divergent_stage = v.isolated_stage
+    if v.verdict == "fail":  # every stage that fails on its own (harness/isolation.py)
+        diagnose(v, candidate, set(result.taps), expected, bounds, isolation)
     if probes and v.passed:  # a failing verdict needs no further evidence
         run_probes(candidate, expected, result.output, v, strict_probes)
     return v
-
-
-def accepts_feed(candidate) -> bool:
-    try:
-        return "feed" in inspect.signature(candidate.run).parameters
-    except (TypeError, ValueError):
-        return False
-
-
-def _feedable(stage: str, t: torch.Tensor) -> torch.Tensor:
-    """Oracle tensors hold NaN where nothing was computed; a fed NaN would spread (0 x NaN)."""
-    return torch.nan_to_num(t, nan=-float("inf") if stage == "scores" else 0.0, neginf=-float("inf"))
-
-
-def isolate(candidate, expected: Expected, bounds: Bounds) -> str | None:
-    """Where does the error start? Enter the candidate at each stage X, fed the oracle's values of every
-    earlier stage. The first tapped stage that fails when entered this way is the answer. A candidate
-    that taps few stages is bracketed by its output instead: the last entry point at which the block
-    output still fails (the error starts there or just after). None: nothing fails on its own, the
-    failure is accumulated error."""
-    earlier: dict[str, torch.Tensor] = {}
-    last_output_failure = None
-    for stage in STAGES:
-        if stage not in expected.oracle:
-            continue
-        try:
-            with torch.no_grad():
-                out = normalise_result(candidate.run(expected.spec, expected.batch, taps=True, feed=dict(earlier)), candidate.name)
-        except Exception:
-            return None
-        produced = {**out.taps, "output": out.output}
-        for judged in dict.fromkeys((stage, "output")):
-            if judged not in produced:
-                continue
-            result = judge_stage_in_batch(judged, expected.batch, produced[judged], expected.reference[judged],
-                                          expected.oracle, bounds, expected.spec.dtype)
-            failed = isinstance(result, str) or (result is not None and not result.passed)
-            if failed and judged == stage:
-                return stage
-            if failed:
-                last_output_failure = stage
-        earlier[stage] = _feedable(stage, expected.oracle[stage])
-    return last_output_failure
 
 
 def run_probes(candidate, expected: Expected, baseline: torch.Tensor, v: Verdict, strict: bool) -> None:
@@ -143,16 +92,19 @@ def run_case(
     probes: bool = True,
     strict_probes: bool = False,
     expected: ExpectedFn = compute_expected,
+    isolation: bool = True,
 ) -> list[Verdict]:
     """Every candidate's verdict on one case. `expected` supplies the oracle's and the reference's
-    tensors: computed by default, or from the golden store (harness/goldens.py)."""
+    tensors: computed by default, or from the golden store (harness/goldens.py). `isolation`: name
+    every stage that fails on its own (harness/isolation.py; up to one candidate run per stage)."""
     layers = expected(case, checkpoint)
     if case.depth > 1:
-        return run_stack(case, candidates, bounds, layers)
-    return [judge(case, c, layers[0], bounds, probes, strict_probes) for c in candidates]
+        return run_stack(case, candidates, bounds, layers, isolation)
+    return [judge(case, c, layers[0], bounds, probes, strict_probes, isolation) for c in candidates]
 
 
-def run_stack(case: Case, candidates: list[Candidate], bounds: Bounds, layers: list[Expected]) -> list[Verdict]:
+def run_stack(case: Case, candidates: list[Candidate], bounds: Bounds, layers: list[Expected],
+              isolation: bool = True) -> list[Verdict]:
     """Judge a stack layer by layer. Teacher mode: every candidate gets each layer's shared input.
     Free mode: each candidate gets its own previous output; a candidate that crashed or produced
     nothing usable is not run on later layers."""
@@ -168,29 +120,45 @@ def run_stack(case: Case, candidates: list[Candidate], bounds: Bounds, layers: l
             result = run_candidate(c, e.spec, e.batch)
             layer_bounds = bounds.for_candidate(c)
             v = _verdict(case.id, c, result, e, layer_bounds if case.stack_mode == "teacher" else layer_bounds.output_only())
+            if v.verdict == "fail" and case.stack_mode == "teacher":  # a teacher-forced layer is a block of its own
+                diagnose(v, c, set(result.taps), e, layer_bounds, isolation)
             per_layer[c.name].append(v)
             if isinstance(result, CandidateFailure) or v.verdict in ("shape", "dtype", "nonfinite"):
                 alive[c.name] = False  # nothing sensible to feed the next layer
             else:
                 cand_in[c.name] = next_input(result.output, e.batch, e.spec.dtype)
     specs = [layer.spec for layer in layers]
-    return [combine_layers(case.id, c.name, specs, per_layer[c.name]) for c in candidates]
+    teacher = case.stack_mode == "teacher"
+    return [combine_layers(case.id, c.name, specs, per_layer[c.name], independent_layers=teacher) for c in candidates]
 
 
-def combine_layers(case_id: str, candidate: str, specs: list[BlockSpec], verdicts: list[Verdict]) -> Verdict:
-    """One verdict for a stack: the first failing layer decides; every layer's summary is kept."""
+def combine_layers(case_id: str, candidate: str, specs: list[BlockSpec], verdicts: list[Verdict],
+                   independent_layers: bool = True) -> Verdict:
+    """One verdict for a stack: the first failing layer decides; every layer's summary is kept.
+    `independent_layers` (teacher mode: each layer gets the oracle's input, so no layer's error reaches
+    another): every failing layer's divergences are listed. Free-running, a later layer may fail only
+    because an earlier one did, so only the first failing layer counts."""
     combined = Verdict(case_id, candidate, "pass")
     for spec, v in zip(specs, verdicts):
         for s in v.stages:
             s.layer = spec.layer_idx
         combined.stages += v.stages
         combined.layers.append({"layer": spec.layer_idx, "verdict": v.verdict, "worst_ratio": v.worst_ratio,
-                                "first_divergent_stage": v.first_divergent_stage})
+                                "first_divergent_stage": v.first_divergent_stage,
+                                "divergent_stages": v.divergent_stages})
+        if v.verdict != "pass" and (independent_layers or combined.verdict == "pass"):
+            found = v.divergences or [Divergence(v.first_divergent_stage, located_by="end to end")]
+            for d in found:
+                d.layer = spec.layer_idx
+            combined.divergences += found
         if combined.verdict == "pass" and v.verdict != "pass":
             combined.verdict = v.verdict
             combined.first_divergent_stage = f"layer {spec.layer_idx} / {v.first_divergent_stage}"
             combined.message = v.message.replace(f"case {case_id} /", f"case {case_id} / layer {spec.layer_idx} /", 1)
             combined.maps = v.maps
+    later = [d.label for d in combined.divergences if d.layer != combined.divergences[0].layer] if combined.divergences else []
+    if later:
+        combined.message += f"\n  divergent in other layers too (each fed the oracle's input): {', '.join(later)}"
     ratios = [v.worst_ratio for v in verdicts if v.worst_ratio is not None]
     combined.worst_ratio = max(ratios) if ratios else None
     return combined

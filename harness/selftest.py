@@ -10,6 +10,11 @@ diagnosed. Hypothesis's own shrinking serves the pytest runs; here it would keep
 first failure at 50 s a mutant. Benign variants run over the first `benign_examples` drawn cases.
 Ablations remove one ingredient of the generators, to show that each earns its place: without it,
 some mutant survives.
+
+Diagnosis is tested too: on its shrunk case a single-bug mutant must name exactly one divergent stage,
+and a multi-bug mutant (harness/mutants.py: MULTI_BUG) every one of its bugs, each at its own stage: the
+stage its bug names alone on the same case. Its search looks for a case that reaches every bug (each
+bug's own mutant fails there), and shrinks keeping that true.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ from hypothesis import HealthCheck, given, settings
 
 from harness.case import Case
 from harness.expected import Expected, expected_for
-from harness.mutants import ALL_MUTANTS, BENIGN, variant
+from harness.mutants import ALL_MUTANTS, BENIGN, DRIVER_MUTANTS, bug_classes, mutant_knobs, variant
 from harness.runner import judge
+from harness.stages import STAGES
 from harness.strategies import W, cases
 
 # Each ablation: the generator arguments that remove one ingredient, and the mutants it should let live.
@@ -44,6 +50,11 @@ class MutantResult:
     shrunk_case: dict | None = None
     first_divergent_stage: str | None = None
     message: str = ""
+    # diagnosis on the shrunk case: every divergent stage; for each bug class, the stages it names alone
+    divergent_stages: list[str] = field(default_factory=list)
+    bug_stages: dict[str, list[str]] = field(default_factory=dict)
+    # one stage per bug class, distinct, and exactly those named together (one stage for a single bug)
+    named: bool = False
 
 
 @dataclass
@@ -62,7 +73,7 @@ class SelftestResult:
 
     @property
     def ok(self) -> bool:
-        return all(m.killed for m in self.mutants) and not any(b.false_alarms for b in self.benign)
+        return all(m.killed and m.named for m in self.mutants) and not any(b.false_alarms for b in self.benign)
 
     def to_dict(self) -> dict:
         kills = [m.examples_to_kill for m in self.mutants if m.killed]
@@ -72,6 +83,7 @@ class SelftestResult:
             "summary": {
                 "mutants": len(self.mutants),
                 "killed": len(kills),
+                "named": sum(m.named for m in self.mutants),
                 "median_examples_to_kill": statistics.median(kills) if kills else None,
                 "benign_examples": sum(b.examples for b in self.benign),
                 "false_alarms": sum(b.false_alarms for b in self.benign),
@@ -151,19 +163,57 @@ def shrink(case: Case, fails, budget: int = 200) -> Case:
     return case
 
 
-def hunt(name: str, drawn: list[Case], cache: "ExpectedCache") -> MutantResult:
-    """Run the drawn cases in order until the mutant fails, then shrink that case and diagnose it."""
+def hunt(name: str, drawn: list[Case], cache: "ExpectedCache", hunted: dict | None = None) -> MutantResult:
+    """Run the drawn cases in order until the mutant fails; then find a case that reaches every one of
+    its bugs, shrink it keeping that true, and diagnose it (see the module docstring). `hunted`: results
+    of single-bug mutants already hunted (name -> MutantResult), reused and extended here."""
+    hunted = {} if hunted is None else hunted
     candidate = variant("mutant", name)
+    bugs = bug_classes(name)
+    alone = {bug: variant("mutant", bug) for bug in bugs} if len(bugs) > 1 else {name: candidate}
 
-    def fails(case: Case) -> bool:
-        return not judge(case, candidate, cache.get(case), isolation=False).passed
+    def fails(case: Case, c=candidate) -> bool:
+        return not judge(case, c, cache.get(case), isolation=False).passed
 
-    for i, case in enumerate(drawn, 1):
-        if fails(case):
-            small = shrink(case, fails)
-            final = judge(small, candidate, cache.get(small))
-            return MutantResult(name, True, i, small.to_dict(), final.first_divergent_stage, final.message)
-    return MutantResult(name, False, None, message=f"survived {len(drawn)} examples")
+    def reaches_every_bug(case: Case) -> bool:
+        return all(fails(case, c) for c in alone.values())
+
+    first = next((i for i, case in enumerate(drawn, 1) if fails(case)), None)
+    if first is None:
+        return MutantResult(name, False, None, message=f"survived {len(drawn)} examples")
+    if len(bugs) == 1:
+        start = drawn[first - 1]
+    else:
+        # Each bug's own shrunk case is small and often reaches the others too (a norm or residual bug
+        # shows everywhere): try those first, then the drawn cases, which can be thousands of tokens.
+        for bug in bugs:
+            if bug not in hunted:
+                hunted[bug] = hunt(bug, drawn, cache, hunted)
+        seeds = [Case.from_dict(hunted[bug].shrunk_case) for bug in bugs if hunted[bug].shrunk_case]
+        start = next((case for case in (*seeds, *drawn[first - 1 :]) if reaches_every_bug(case)), None)
+        if start is None:
+            return MutantResult(name, True, first, message=f"no case among {len(drawn)} examples reaches every one of its bugs")
+    small = shrink(start, reaches_every_bug)
+    final = judge(small, candidate, cache.get(small))
+    bug_stages = {bug: (final if c is candidate else judge(small, c, cache.get(small))).divergent_stages
+                  for bug, c in alone.items()}
+    expected = sorted((st[0] for st in bug_stages.values() if len(st) == 1), key=_pipeline_order)
+    # divergent stages are distinct, so two bugs naming the same stage can never match
+    named = len(expected) == len(bugs) and final.divergent_stages == expected
+    message = final.message
+    if not named:
+        alone_said = "; ".join(f"{bug} alone: {', '.join(st) or 'nothing'}" for bug, st in bug_stages.items())
+        message = (f"diagnosis incomplete: named together {', '.join(final.divergent_stages)}; {alone_said}\n"
+                   + message)
+    result = MutantResult(name, True, first, small.to_dict(), final.first_divergent_stage, message,
+                          final.divergent_stages, bug_stages, named)
+    if len(bugs) == 1:
+        hunted[name] = result
+    return result
+
+
+def _pipeline_order(stage: str) -> int:
+    return STAGES.index(stage) if stage in STAGES else len(STAGES)
 
 
 def draw_cases(strategy, n: int) -> list[Case]:
@@ -214,8 +264,8 @@ def run_selftest(
             raise ValueError(f"unknown ablation {name!r}; ablations are: {', '.join(ABLATIONS)}")
         kwargs.update(ABLATIONS[name][0])
     for name in mutants:
-        if name not in ALL_MUTANTS:
-            raise ValueError(f"unknown mutant {name!r}; mutants are: {', '.join(ALL_MUTANTS)}")
+        if name not in DRIVER_MUTANTS:
+            mutant_knobs(name)  # raises on an unknown name or bugs that cannot combine
     for name in benign:
         if name not in BENIGN:
             raise ValueError(f"unknown benign variant {name!r}; benign variants are: {', '.join(BENIGN)}")
@@ -223,9 +273,9 @@ def run_selftest(
     # are computed once, and "examples to kill" counts the same sequence for every mutant.
     drawn = draw_cases(cases(**kwargs), max(max_examples, benign_examples))
     cache = ExpectedCache()
-    found = []
+    found, hunted = [], {}
     for i, name in enumerate(mutants, 1):
         if progress:
             progress(i, len(mutants), f"mutant {name}")
-        found.append(hunt(name, drawn[:max_examples], cache))
+        found.append(hunted[name] if name in hunted else hunt(name, drawn[:max_examples], cache, hunted))
     return SelftestResult(found, run_benign(benign, drawn[:benign_examples], cache, progress) if benign else [])

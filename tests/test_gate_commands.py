@@ -48,7 +48,7 @@ def test_progress_lines_under_ci_say_elapsed_and_left(monkeypatch):
 def test_selftest_prints_a_line_per_mutant_in_ci(monkeypatch, capsys):
     monkeypatch.setenv("CI", "true")
     # the hunt itself (tens of seconds a mutant, with its shrinking) is tested in tests/test_selftest.py
-    monkeypatch.setattr(harness.selftest, "hunt", lambda name, drawn, cache: MutantResult(name, True, 1))
+    monkeypatch.setattr(harness.selftest, "hunt", lambda name, drawn, cache, *hunted: MutantResult(name, True, 1, named=True))
     assert cli.main(["selftest", "--mutant", "sinks_dropped", "--mutant", "no_causal_mask", "--benign",
                      "softmax_float32", "--max-examples", "3", "--benign-examples", "2"]) == 0
     err = capsys.readouterr().err.splitlines()

@@ -267,3 +267,41 @@ def test_pytest_skips_every_neuron_test_with_one_reason():
     skips = [line for line in out.stdout.splitlines() if line.startswith("SKIPPED")]
     assert skips and all("Neuron SDK does not import" in line for line in skips), out.stdout[-3000:]
     assert " passed" not in out.stdout.splitlines()[-1]
+
+
+# -- the device path, with NxDI's build_module faked (no device here) ----------------------------------
+
+def test_the_device_path_builds_each_phase_and_shape_once(monkeypatch, tmp_path):
+    """DeviceLayer traces one module per (phase, shape) through build_module, with the converted weights
+    as its checkpoint, and runs the plan through the same driver: the result equals the eager one."""
+    import types
+
+    from harness.neuron import nxdi
+
+    built = []
+
+    def fake_build_module(module_cls, example_inputs, module_init_kwargs, checkpoint_path, checkpoint_loader_fn, **kw):
+        module = module_cls(**module_init_kwargs)
+        module.load_state_dict(checkpoint_loader_fn(checkpoint_path), strict=True)
+        built.append((module_cls.__name__, tuple(tuple(t.shape) for t in example_inputs[0])))
+        return module.eval()
+
+    testing = types.ModuleType("neuronx_distributed_inference.utils.testing")
+    testing.build_module = fake_build_module
+    for name in ("neuronx_distributed_inference", "neuronx_distributed_inference.utils"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "neuronx_distributed_inference.utils.testing", testing)
+    monkeypatch.setattr(nxdi, "build_attention", lambda kind, path, spec, batch, on_cpu: NxdiConventionAttention(
+        spec.config, spec.layer_idx, spec.dtype))
+    monkeypatch.setenv("PARITY_NEURON_CACHE", str(tmp_path / "cache"))
+    device = NxdiEmulation(name="fake-device")
+    device.kind, device.mode, device.class_path = "neuron", "device", None
+    monkeypatch.setattr(device, "_layer", lambda spec, batch: nxdi.DeviceLayer(device, spec))
+    case = Case(layer=0, lengths=(130, 20), plan="decode", decode_steps=3, input_seed=9)
+    spec, batch = build(case)
+    on_device = device.run(spec, batch, taps=True)
+    eager = NxdiEmulation().run(spec, batch, taps=True)
+    assert torch.equal(on_device.output.nan_to_num(0), eager.output.nan_to_num(0))
+    assert [b[0] for b in built] == ["ContextModule", "GenerationModule"]  # three generation steps, one shape
+    assert on_device.info["mode"] == "device" and on_device.info["builds"] == 2
+    assert len(list((tmp_path / "cache" / "weights").glob("*.safetensors"))) == 1

@@ -7,7 +7,7 @@ import pytest
 
 from harness.candidates import load_candidate
 from harness.cli import main
-from harness.mutants import BENIGN, MUTANTS
+from harness.mutants import BENIGN, MULTI_BUG, MUTANTS
 from harness.selftest import ABLATIONS, ExpectedCache, draw_cases, hunt, run_selftest
 from harness.strategies import cases
 
@@ -19,6 +19,9 @@ def test_full_selftest_kills_every_mutant_without_false_alarms(tmp_path):
     survivors = [m.name for m in result.mutants if not m.killed]
     alarms = [a for b in result.benign for a in b.alarms]
     assert not survivors, survivors
+    unnamed = [m.message for m in result.mutants if not m.named]
+    assert not unnamed, unnamed  # each single bug at exactly one stage, each of several at its own
+    assert {m.name for m in result.mutants} >= set(MULTI_BUG) and summary["named"] == summary["mutants"]
     assert summary["median_examples_to_kill"] <= 10
     assert summary["benign_examples"] >= 500 and not alarms, alarms
 
@@ -66,3 +69,23 @@ def test_variants_by_name():
     assert load_candidate("benign:flash_tiles_online_softmax").name == "benign:flash_tiles_online_softmax"
     with pytest.raises(ValueError, match="unknown mutant 'x'; mutants are: no_causal_mask"):
         load_candidate("mutant:x")
+
+
+def test_a_multi_bug_mutant_has_every_bug_named(tmp_path, capsys):
+    out = tmp_path / "s.json"
+    port = "norm_skipped+no_causal_mask+sinks_dropped+residual_missing"
+    assert main(["selftest", "--mutant", port, "--benign", "softmax_float32", "--benign-examples", "1",
+                 "--json", str(out)]) == 0
+    assert "1 of 1 mutants killed (median 1 examples to kill), 1 with every bug named" in capsys.readouterr().out
+    (m,) = json.loads(out.read_text())["mutants"]
+    assert m["named"] and list(m["bug_stages"]) == port.split("+")
+    assert m["divergent_stages"] == [stage for (stage,) in m["bug_stages"].values()]
+
+
+def test_bugs_not_named_each_at_their_own_stage_fail_the_selftest(capsys):
+    """Both bugs break the scores: one stage cannot name two bugs apart, and the self-test says so."""
+    assert main(["selftest", "--mutant", "no_causal_mask+softmax_scale_multiplied", "--benign", "softmax_float32",
+                 "--benign-examples", "1"]) == 1
+    text = capsys.readouterr().out
+    assert "0 with every bug named" in text
+    assert "diagnosis incomplete: named together scores; no_causal_mask alone: scores; softmax_scale_multiplied alone: scores" in text

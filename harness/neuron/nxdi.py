@@ -193,11 +193,13 @@ class DeviceLayer:
 
     def context(self, x, mask, position_ids):
         inputs = (x, mask, position_ids)
-        return tuple(self._model("context", inputs)(*inputs))
+        with torch.no_grad():
+            return tuple(self._model("context", inputs)(*inputs))
 
     def generation(self, x, mask, position_ids, k_cache, v_cache, active):
         inputs = (x, mask, position_ids, k_cache, v_cache, active)
-        return tuple(self._model("generation", inputs)(*inputs))
+        with torch.no_grad():
+            return tuple(self._model("generation", inputs)(*inputs))
 
 
 def make_layer(candidate, spec: BlockSpec):

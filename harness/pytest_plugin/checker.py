@@ -28,7 +28,11 @@ class ParityRecords:
         self.by_key: dict = {}
         self.current = "session"  # the running test item's node id (set by the plugin before each call)
 
-    def add(self, record: dict, in_hypothesis: bool) -> None:
+    def add(self, record: dict, in_hypothesis: bool | None = None) -> None:
+        if in_hypothesis is None:
+            from hypothesis.control import currently_in_test_context
+
+            in_hypothesis = currently_in_test_context()
         key = self.current if in_hypothesis else (self.current, record["id"], record["candidate"])
         self.by_key.pop(key, None)  # re-added last: records keep the order checks finished in
         self.by_key[key] = record
@@ -128,7 +132,7 @@ class ParityChecker:
         if isinstance(goldens, (str, Path)):
             goldens = _from_caller(goldens, inspect.stack()[1].filename)
         from hypothesis import target
-        from hypothesis.control import currently_in_test_context
+        from hypothesis.control import current_build_context, currently_in_test_context
 
         from harness.goldens import GoldenError
         from harness.report import record_of
@@ -136,9 +140,13 @@ class ParityChecker:
         from harness.runner import run_case
 
         candidate = candidate or self.load(candidate_name)
+        in_hypothesis = currently_in_test_context()
+        # Stage isolation costs a run per stage; while hypothesis searches and shrinks, only the final
+        # falsifying example (the one reported) needs it.
+        isolation = not in_hypothesis or current_build_context().is_final
         try:
             (verdict,) = run_case(case, [candidate], self.bounds, strict_probes=self.strict_probes,
-                                  expected=self.expected_source(goldens))
+                                  expected=self.expected_source(goldens), isolation=isolation)
         except GoldenError as exc:  # missing, stale or corrupted: the message says how to fix it
             problem = str(exc)
         else:
@@ -147,15 +155,13 @@ class ParityChecker:
             pytest.fail(problem, pytrace=False)
         if verdict.verdict == "unsupported":  # the candidate cannot run this case (e.g. its plan): said, not passed
             pytest.skip(verdict.message)
-        in_hypothesis = currently_in_test_context()
-        self.records.add(record_of(case, verdict, self.bounds.for_candidate(candidate)), in_hypothesis)
+        replay = None if verdict.passed else replay_command(save_failure(case, candidate_name, verdict))
+        self.records.add(record_of(case, verdict, self.bounds.for_candidate(candidate), replay), in_hypothesis)
         if verdict.worst_ratio is not None and in_hypothesis:  # nightly: steer toward large ratios
             target(min(verdict.worst_ratio, 1e6), label="worst ratio")
         if not verdict.passed:
-            path = save_failure(case, candidate_name, verdict)
             trace = f"\n\nthe candidate's traceback:\n{verdict.traceback}" if verdict.traceback else ""
-            pytest.fail(f"{verdict.verdict.upper()}: {verdict.message}\nreplay: {replay_command(path)}{trace}",
-                        pytrace=False)
+            pytest.fail(f"{verdict.verdict.upper()}: {verdict.message}\nreplay: {replay}{trace}", pytrace=False)
         return verdict
 
 

@@ -89,14 +89,18 @@ def pytest_sessionfinish(session, exitstatus):
 
         outcomes = _outcomes(session)
         failed = sum(1 for r in records if r["verdict"] not in ("pass", "unsupported"))
+        from harness.environment import run_environment
+
         write_json(path, {"cases": records, "summary": {"checks": len(records), "failed": failed, "pytest": outcomes,
-                                                         "history_run": run_id}})
+                                                         "history_run": run_id}, "environment": run_environment()})
         lines.append(f"parity results: {path}")
     directory = config.getoption("--parity-report")
     if directory:
+        from harness.environment import run_environment
         from harness.report import write_report
 
-        lines.append(f"parity report: {write_report(records, directory, history=history, run=run_id)}")
+        index = write_report(records, directory, run_environment(), history=history, run=run_id)
+        lines.append(f"parity report: {index}")
     config.stash[SUMMARY_LINES] = lines
 
 
