@@ -25,7 +25,7 @@ PLACEHOLDERS = {"CANDIDATE": "neuron", "PARITY_HISTORY": "/tmp/history.sqlite", 
 def _actionlint() -> str:
     found = shutil.which("actionlint", path=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
     if not found:
-        pytest.fail("actionlint is not installed: `pip install -e '.[dev]'` installs it (README \"Tests\")")
+        pytest.fail("actionlint is not installed: `pip install -e '.[dev]'` installs it (README \"The gate in CI\")")
     return found
 
 
