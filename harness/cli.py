@@ -18,7 +18,7 @@ from harness.cli_goldens import add_parser as add_goldens_parser
 from harness.cli_history import add_parser as add_history_parser
 from harness.compare import StageResult, Verdict
 from harness.environment import run_environment
-from harness.console import Progress, UsageError, row
+from harness.console import Progress, UsageError, row, run_notes
 from harness.expected import compute_expected
 from harness.goldens import GoldenError, GoldenSource
 from harness.history import History, HistoryError, current_commit, history_path
@@ -67,17 +67,6 @@ def expected_source(args, case_files: dict[str, str]):
         return GoldenSource.stores(compute=not args.no_reference, case_files=case_files)
     except GoldenError as exc:  # e.g. $PARITY_GOLDEN_CACHE names a file
         raise UsageError(str(exc)) from None
-
-
-def run_notes(info: dict) -> str:
-    """What a candidate reported about its run, in a few words (Neuron: mode, buckets, builds)."""
-    if not info:
-        return ""
-    parts = [info.get("mode", "")]
-    parts += [f"{phase} {size}" for phase, size in (info.get("buckets") or {}).items() if phase != "batch"]
-    if "builds" in info:
-        parts.append(f"{info['builds']} builds {info.get('build_seconds', 0):.0f} s")
-    return "  " + ", ".join(p for p in parts if p)
 
 
 def cmd_run(args) -> int:

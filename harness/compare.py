@@ -72,6 +72,7 @@ class Divergence:
     located_by: str = "tap"
     # stages of the same operation (harness/isolation.py: OPERATIONS) that fail on their own too
     also: list[str] = field(default_factory=list)
+    operation: str = ""  # what the stages in `also` share with this one
     detail: str = ""  # when there is no result: what was found (e.g. NaN on entry)
     layer: int | None = None  # set in stacks
 

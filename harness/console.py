@@ -61,3 +61,14 @@ class Progress:
     def clear(self) -> None:
         if self.tty:
             print("\r" + " " * 80 + "\r", end="", file=self.stream, flush=True)
+
+
+def run_notes(info: dict) -> str:
+    """What a candidate reported about its run, in a few words (Neuron: mode, buckets, builds)."""
+    if not info:
+        return ""
+    parts = [info.get("mode", "")]
+    parts += [f"{phase} {size}" for phase, size in (info.get("buckets") or {}).items() if phase != "batch"]
+    if "builds" in info:
+        parts.append(f"{info['builds']} builds {info.get('build_seconds', 0):.0f} s")
+    return "  " + ", ".join(p for p in parts if p)

@@ -23,7 +23,6 @@ import inspect
 
 import torch
 
-from harness.candidates import normalise_result
 from harness.compare import Divergence, StageResult, Verdict, describe, failures, judge_stage_in_batch
 from harness.expected import Expected
 from harness.stages import STAGES
@@ -38,7 +37,6 @@ OPERATIONS = {
     ("q_rope", "k_rope"): "one RoPE",
     ("scores", "attn"): "one query-to-kv-head mapping",
 }
-_OPERATION_OF = {stage: op for op in OPERATIONS for stage in op}
 
 TAPPABLE = ", ".join(s for s in STAGES if s != "output")
 
@@ -59,26 +57,30 @@ def _failed(result) -> bool:
     return isinstance(result, str) or (result is not None and not result.passed)
 
 
-def isolate(candidate, expected: Expected, bounds: Bounds) -> tuple[list[Divergence], str]:
+def isolate(candidate, expected: Expected, bounds: Bounds, end_to_end: str | None = None) -> tuple[list[Divergence], str]:
     """Every stage that fails on its own, in pipeline order (see the module docstring), and why the
     search stopped early ("" if it did not). An empty list: nothing fails on its own, the failure is
     error accumulated across stages."""
+    from harness.runner import CandidateFailure, run_candidate  # the runner imports this module
     earlier: dict[str, torch.Tensor] = {}
     own: list[Divergence] = []
     output_fails_from: tuple[str, StageResult] | None = None  # the last entry point whose output fails
+    # The first stage that failed end to end brackets too: a bug in memory a later step reads (a KV cache)
+    # shows at that stage's later rows but not in the stage where it was written.
+    bracket = end_to_end if end_to_end in STAGES and end_to_end != "output" else None
+    bracket_fails_from: tuple[str, StageResult] | None = None
     stopped = ""
     for stage in STAGES:
         if stage not in expected.oracle:
             continue
-        try:
-            with torch.no_grad():
-                out = normalise_result(candidate.run(expected.spec, expected.batch, taps=True, feed=dict(earlier)),
-                                       candidate.name)
-        except Exception as exc:
-            stopped = f"entering the candidate at {stage} raised {type(exc).__name__}: {exc}"
+        out = run_candidate(candidate, expected.spec, expected.batch, feed=dict(earlier))  # within its time limit
+        if isinstance(out, CandidateFailure):
+            what = "raised" if out.verdict == "error" else out.verdict + ":"
+            stopped = f"entering the candidate at {stage} {what} {out.summary}"
             break
         produced = {**out.taps, "output": out.output}
-        for judged in dict.fromkeys((stage, "output")):
+        judge_bracket = bracket is not None and STAGES.index(stage) < STAGES.index(bracket)
+        for judged in dict.fromkeys((stage, "output", *((bracket,) if judge_bracket else ()))):
             if judged not in produced or judged not in expected.reference:
                 continue
             result = judge_stage_in_batch(judged, expected.batch, produced[judged], expected.reference[judged],
@@ -88,11 +90,19 @@ def isolate(candidate, expected: Expected, bounds: Bounds) -> tuple[list[Diverge
             if judged == stage:
                 own.append(Divergence(stage, None if isinstance(result, str) else result,
                                       detail=result if isinstance(result, str) else ""))
-            else:
+            elif judged == "output":
                 output_fails_from = (stage, result)
+            else:
+                bracket_fails_from = (stage, result)
         earlier[stage] = _feedable(stage, expected.oracle[stage])
     last_own = max((STAGES.index(d.stage) for d in own), default=-1)
-    divergences = _by_operation(own)
+    divergences = _by_operation(own, operations_of(candidate))
+    # A stage that fails end to end, entered here, and passes entered after: the error enters here.
+    if bracket_fails_from and STAGES.index(bracket_fails_from[0]) > last_own and not own:
+        stage, result = bracket_fails_from
+        divergences.append(Divergence(stage, None if isinstance(result, str) else result, located_by=bracket,
+                                      detail=result if isinstance(result, str) else ""))
+        last_own = STAGES.index(stage)
     # A failing output past every tapped divergence: an error enters at an untapped stage.
     if output_fails_from and STAGES.index(output_fails_from[0]) > last_own:
         stage, result = output_fails_from
@@ -101,14 +111,25 @@ def isolate(candidate, expected: Expected, bounds: Bounds) -> tuple[list[Diverge
     return divergences, stopped
 
 
-def _by_operation(own: list[Divergence]) -> list[Divergence]:
+def operations_of(candidate) -> dict[tuple[str, ...], str]:
+    """OPERATIONS, with the candidate's own groups (its `operations` attribute) taking precedence for the
+    stages they name: the Neuron driver taps k_rope and v from one KV-cache handover."""
+    own = getattr(candidate, "operations", None) or {}
+    taken = {stage for op in own for stage in op}
+    kept = {tuple(s for s in op if s not in taken): why for op, why in OPERATIONS.items()}
+    return {**{op: why for op, why in kept.items() if len(op) > 1}, **own}
+
+
+def _by_operation(own: list[Divergence], operations: dict[tuple[str, ...], str] = OPERATIONS) -> list[Divergence]:
     """One divergence per operation: later stages of an operation already listed become its `also`."""
+    operation_of = {stage: op for op in operations for stage in op}
     out: list[Divergence] = []
     for d in own:
-        op = _OPERATION_OF.get(d.stage)
-        head = next((h for h in out if op is not None and _OPERATION_OF.get(h.stage) == op), None)
+        op = operation_of.get(d.stage)
+        head = next((h for h in out if op is not None and operation_of.get(h.stage) == op), None)
         if head:
             head.also.append(d.stage)
+            head.operation = operations[op]
         else:
             out.append(d)
     return out
@@ -120,7 +141,7 @@ def diagnose(v: Verdict, candidate, tapped: set[str], expected: Expected, bounds
     feed = accepts_feed(candidate)
     end_to_end = v.first_divergent_stage
     if isolation and feed:
-        divergences, stopped = isolate(candidate, expected, bounds)
+        divergences, stopped = isolate(candidate, expected, bounds, end_to_end)
         if divergences:
             v.divergences = divergences
             v.isolated_stage = v.first_divergent_stage = divergences[0].stage
@@ -165,11 +186,12 @@ def _describe(d: Divergence, bounds: Bounds) -> str:
     also = ""
     if d.also:
         verb = "also fails on its own" if len(d.also) == 1 else "also fail on their own"
-        also = f"; {', '.join(d.also)} {verb} ({OPERATIONS[_OPERATION_OF[d.stage]]}: counted once)"
-    if d.located_by == "output":
+        also = f"; {', '.join(d.also)} {verb} ({d.operation}: counted once)"
+    if d.located_by != "tap":
         found = "; ".join(failures(d.result, bounds)) if d.result else d.detail
-        return (f"  stage {d.stage}: the error starts at {d.stage} (not tapped or within its bounds; entered "
-                f"here the block output fails, entered after it the output passes): output {found}")
+        by = "the block output" if d.located_by == "output" else f"stage {d.located_by}"
+        return (f"  stage {d.stage}: the error starts at {d.stage} (within its own bounds or not tapped; entered "
+                f"here, {by} fails, entered after it, it passes): {d.located_by} {found}")
     if d.result is None:
         return f"  stage {d.stage}: {d.detail}{also}"
     return describe(d.result, bounds) + also

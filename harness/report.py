@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 from harness import report_history
+from harness.console import run_notes
 from harness.jsonfile import read_json, write_json
 from harness.repro import safe_name
 from harness.stages import STAGES
@@ -297,7 +298,8 @@ def write_report(records: list[dict], directory: str | Path, environment: dict |
         drift = f" (drift {trends[slug].drift:.2f}x)" if cls == "pass" and slug in trends else ""
         stages = ", ".join(r.get("divergent_stages") or [d["stage"] for d in _divergences(r)]) or "-"
         rows.append(f"<tr><td>{link}</td><td>{html.escape(r['candidate'])}</td><td class={cls}>{r['verdict'].upper()}{drift}</td>"
-                    f"<td>{ratio}</td><td>{html.escape(stages)}</td><td>{html.escape(probes)}</td></tr>")
+                    f"<td>{ratio}</td><td>{html.escape(stages)}</td><td>{html.escape(probes)}</td>"
+                    f"<td>{html.escape(run_notes(r.get('info') or {}).strip()) or '-'}</td></tr>")
     sections = []
     for r in failed + drifting:
         slug = _slug(r)
@@ -317,7 +319,7 @@ def write_report(records: list[dict], directory: str | Path, environment: dict |
             f"{f', {len(drifting)} drifting' if history else ''}.</p>"
             f"{_environment_block(environment)}"
             "<table><tr><th>case</th><th>candidate</th><th>verdict</th><th>worst ratio</th><th>divergent stages</th>"
-            f"<th>failed probes</th></tr>{''.join(rows)}</table>{''.join(sections)}</body></html>")
+            f"<th>failed probes</th><th>run (Neuron: mode, buckets, builds)</th></tr>{''.join(rows)}</table>{''.join(sections)}</body></html>")
     index = out / "index.html"
     index.write_text(page)
     return index

@@ -123,3 +123,16 @@ def test_pytest_keeps_one_record_per_test(tmp_path):
     assert len(records) == 2 and records[0] == "x_10--fake.json" and records[1].startswith("y_"), records
     assert "1 passed, 1 failed" in (tmp_path / "rep" / "index.html").read_text()
     assert "parity=<parity checker: 1 records>" in r.stdout and "'candidate': 'fake'" not in r.stdout
+
+
+def test_page_says_how_a_neuron_candidate_ran(tmp_path):
+    """Issue 11: the mode, the buckets and (on a device) the builds are in the report's table too."""
+    from harness.candidates import load_candidate
+
+    v = judge(CASE, load_candidate("nxdi-emulation"), expected_for(CASE), probes=False)
+    assert v.info["mode"] == "emulation" and v.info["buckets"]["context"] >= 12
+    page = write_report([record_of(CASE, v)], tmp_path).read_text()
+    assert f"<td>emulation, context {v.info['buckets']['context']}" in page
+    v.info.update(mode="device", builds=3, build_seconds=41.0)
+    page = write_report([record_of(CASE, v)], tmp_path / "device").read_text()
+    assert "3 builds 41 s" in page

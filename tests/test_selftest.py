@@ -26,6 +26,7 @@ def test_full_selftest_kills_every_mutant_without_false_alarms(tmp_path):
     assert summary["benign_examples"] >= 500 and not alarms, alarms
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("ablation", list(ABLATIONS))
 def test_each_generator_ingredient_earns_its_place(ablation):
     """Without the ingredient, at least one mutant that needs it survives; with it, that mutant dies."""

@@ -85,14 +85,15 @@ def test_stacks_report_every_layer_and_the_first_bad_one(mode):
 
 def test_free_running_stacks_bound_the_block_output_only():
     """Found by the generated stacks: sharp attention amplifies a candidate's own accumulated error
-    inside a free-running layer (flash: 3.4x at out_proj, 1.5x at the output). The output decides
-    there; real bugs still fail, at the output or by the tolerance-free mask checks."""
+    inside a free-running layer (flash here: up to 1.7x at inner stages of layers 3-4, measured on an
+    AVX2 box). The output decides there; real bugs still fail, at the output or by the tolerance-free
+    mask checks."""
     case = Case(layer=1, lengths=(264,), sinks="zero", scale="sharp", inputs="outliers", weight_seed=583,
                 input_seed=106, depth=4, stack_mode="free")
     flash, sinkless = run_case(case, [load_candidate("flash"), load_candidate("mutant:sinks_dropped")])
     assert flash.passed, flash.message
-    out_proj = [s for s in flash.stages if s.layer == 4 and s.stage == "out_proj"][0]
-    assert out_proj.max_ratio > 3  # measured and reported, not binding
+    inner = [s.max_ratio for s in flash.stages if s.layer > 1 and s.stage != "output"]
+    assert max(inner) > 1.2  # beyond the bound inside the layer: measured and reported, not binding
     assert sinkless.verdict == "fail" and sinkless.first_divergent_stage == "layer 1 / output"
     teacher = Case(**{**case.to_dict(), "stack_mode": "teacher", "depth": 2})
     (strict,) = run_case(teacher, [load_candidate("mutant:sinks_dropped")])

@@ -45,6 +45,11 @@ class EagerLayer:
     def internals(self) -> dict:
         return getattr(self.module.attn, "recorded", {})
 
+    def set_feed(self, fed: dict) -> None:
+        """Stage isolation: the next calls use these values (the emulation's module only)."""
+        self.module.fed_normed = fed.get("normed")
+        self.module.attn.fed = {k: v for k, v in fed.items() if k != "normed"}
+
     def context(self, x, mask, position_ids):
         with torch.no_grad():
             return self.module(x, mask, position_ids)
@@ -102,9 +107,12 @@ class NeuronCandidate:
         return layer
 
     def run(self, spec: BlockSpec, batch: Batch, *, taps: bool = False) -> CandidateResult:
+        return self._drive(spec, batch, taps)
+
+    def _drive(self, spec: BlockSpec, batch: Batch, taps: bool, feed: dict | None = None) -> CandidateResult:
         layer = self._layer(spec, batch)
         try:
-            output, stage_taps, info = Driver(layer, spec, self.bucket_config, self.bugs).run(batch)
+            output, stage_taps, info = Driver(layer, spec, self.bucket_config, self.bugs).run(batch, feed)
         except PlanUnsupported as exc:
             raise CandidateUnsupported(str(exc)) from exc
         info["mode"] = self.mode
@@ -114,7 +122,15 @@ class NeuronCandidate:
 
 
 class NxdiEmulation(NeuronCandidate):
-    """The `nxdi-emulation` built-in (a class built without arguments)."""
+    """The `nxdi-emulation` built-in (a class built without arguments). Unlike a real NxDI module it
+    can be entered at any stage (`feed`), so stage isolation names every stage that fails on its own."""
+
+    # the driver taps k_rope and v from the same place, the keys and values the module hands over to the
+    # cache, so a bug there fails both (stage isolation counts it once)
+    operations = {("k_rope", "v"): "one KV-cache handover"}
 
     def __init__(self, name: str = "nxdi-emulation", bugs: Bugs = Bugs(), buckets: Buckets | None = None):
         super().__init__("emulation", name=name, bugs=bugs, buckets=buckets)
+
+    def run(self, spec: BlockSpec, batch: Batch, *, taps: bool = False, feed: dict | None = None) -> CandidateResult:
+        return self._drive(spec, batch, taps, feed)

@@ -110,7 +110,21 @@ class Driver:
         self.window = spec.window
         self.heads, self.kv_heads, self.head_dim, self.hidden = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size
 
-    def run(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+    def run(self, batch: Batch, feed: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+        """The output [B, S, hidden], the taps and what ran. `feed` (stage isolation; a layer with
+        set_feed, the emulation): {stage: tensor in the layout of harness/stages.py} replaces the
+        layer's own value of each stage at the judged positions."""
+        self.feed, self.batch = feed or {}, batch
+        clear = getattr(self.layer, "set_feed", None)
+        if self.feed and clear is None:
+            raise ValueError("this layer cannot be entered at a stage (only the emulation's can)")
+        try:
+            return self._run(batch)
+        finally:
+            if clear:
+                clear({})
+
+    def _run(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
         b, s = batch.valid.shape
         rows = at_least(self.buckets.batch, b, "a batch of rows")
         dt = self.spec.dtype
@@ -147,6 +161,12 @@ class Driver:
             if not self.bugs.count_padding_positions:
                 pos[r, n:] = 1  # NxDI pads position ids with 1 (model_wrapper.py)
         info = {"buckets": {"batch": rows, "context": length}, "steps": ["context"]}
+        if self.feed:
+            tokens = torch.full((rows, length), -1)
+            for r in range(b):
+                tokens[r, : n0[r]] = torch.arange(n0[r])
+            self._set_feed(tokens, [torch.where(torch.arange(length) < (n0[r] if r < b else 0), torch.arange(length), -1)
+                                    for r in range(rows)])
         output, normed, out_proj, k, v = self.layer.context(x, context_mask(rows, length, self.window), pos)
         ring = k.shape[2] if self.window else None
         held = ring_positions(torch.tensor(n0 + [1] * (rows - b)), ring, ring) if ring else None
@@ -197,6 +217,56 @@ class Driver:
         out["probs"][row][:, q_slots, -1] = probs[:, :, -1].to(dt)
         seen["scores"][row, q_slots] = True
 
+    def _feed_cache(self, cache: KVCache, row: int, held: torch.Tensor) -> None:
+        """Entering after k_rope (or v) means the cached keys (values) are the oracle's too: overwrite
+        the slots whose judged position the driver believes they hold."""
+        if row >= self.batch.valid.shape[0]:
+            return
+        slots, compare = self.batch.slots(row), self.batch.compare[row]
+        for name, store in (("k_rope", cache.k), ("v", cache.v)):
+            if name not in self.feed:
+                continue
+            for s in (held >= 0).nonzero().squeeze(1).tolist():
+                slot = slots[held[s]]
+                if compare[slot]:
+                    store[row, :, s] = self.feed[name][row, slot].to(store.dtype)
+
+    def _set_feed(self, tokens: torch.Tensor, keys: list[torch.Tensor]) -> None:
+        """Map the fed stages onto the next call: `tokens` [rows, T] are the positions of its query tokens
+        (-1: padding), keys[r] the position each entry of row r's key axis holds (-1: none). Only judged
+        positions are fed (the oracle computed nothing else)."""
+        batch, dt = self.batch, self.spec.dtype
+        b = batch.valid.shape[0]
+        rows, count = tokens.shape
+        where = torch.zeros(rows, count, dtype=torch.bool)
+        slot = torch.zeros(rows, count, dtype=torch.long)
+        for r in range(b):
+            real = tokens[r] >= 0
+            slot[r, real] = batch.slots(r)[tokens[r, real]]
+            where[r, real] = batch.compare[r, slot[r, real]]
+        fed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        for stage, value in self.feed.items():
+            if stage in ("normed", "out_proj"):
+                t = torch.zeros(rows, count, value.shape[-1], dtype=dt)
+                t[:b] = value[torch.arange(b)[:, None], slot[:b]].to(dt)
+            elif stage in ("q", "k", "v", "q_rope", "k_rope", "attn"):
+                t = torch.zeros(rows, value.shape[2], count, value.shape[3], dtype=dt)
+                t[:b] = value[torch.arange(b)[:, None], slot[:b]].transpose(1, 2).to(dt)
+            elif stage in ("scores", "probs"):
+                width = max(len(k) for k in keys) + (stage == "probs")
+                t = torch.full((rows, value.shape[1], count, width), -float("inf") if stage == "scores" else 0.0, dtype=dt)
+                for r in range(b):
+                    known = (keys[r] >= 0).nonzero().squeeze(1)
+                    k_slots = batch.slots(r)[keys[r][known]]
+                    rows_r = value[r][:, slot[r]]  # [H, T, S (+1)]
+                    t[r][:, :, known] = rows_r[:, :, k_slots].to(dt)
+                    if stage == "probs":
+                        t[r][:, :, -1] = rows_r[:, :, -1].to(dt)
+            else:
+                continue  # the output is not an entry point
+            fed[stage] = (t, where)
+        self.layer.set_feed(fed)
+
     def _generate(self, batch, step, rows, context_length, cache, info, record):
         b = len(step)
         counts = [stop - start for (start, stop) in step]
@@ -213,6 +283,17 @@ class Driver:
         if self.bugs.padding_visible and cache.ring is None:
             mask = mask | (torch.arange(cache.slots) < context_length)[None, None, None, :]
         info["steps"].append(f"generation x{q}")
+        if self.feed:
+            keys = []
+            for r in range(rows):
+                st = int(start[r])
+                if cache.ring is None:
+                    held = torch.where(torch.arange(cache.slots) < st, torch.arange(cache.slots), -1)
+                else:
+                    held = ring_positions(torch.tensor([st]), cache.ring, cache.slots)[0]
+                keys.append(torch.cat((held, torch.where(valid[r], pos[r], -1))))
+                self._feed_cache(cache, r, held)
+            self._set_feed(torch.where(valid, pos, -1), keys)
         try:
             output, normed, out_proj, k, v = self.layer.generation(x, mask, pos, cache.k, cache.v,
                                                                    active_mask(pos, valid, self.window))

@@ -80,6 +80,18 @@ class NxdiConventionAttention(torch.nn.Module):
         # driver maps to stage taps; a real NxDI module offers no such view.
         self.keep_internals = False
         self.recorded: dict[str, torch.Tensor] = {}
+        # Set by the driver for stage isolation: {stage: (values, rows)} in this module's layout, rows [B, T]
+        # marking the query tokens whose value is replaced (the oracle's, entering the pipeline there).
+        self.fed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def _feed(self, stage: str, value: torch.Tensor, queries: slice = slice(None)) -> torch.Tensor:
+        """`value` [B, H, T, ...] (or [B, T, hidden] for out_proj) with fed rows replaced."""
+        if stage not in self.fed:
+            return value
+        fed, rows = self.fed[stage]
+        fed, rows = fed[:, :, queries] if stage != "out_proj" else fed, rows[:, queries]
+        where = rows[:, :, None] if stage == "out_proj" else rows[:, None, :, None]
+        return torch.where(where, fed.to(value.dtype), value)
 
     def _heads(self, x: torch.Tensor, proj: torch.nn.Linear, heads: int) -> torch.Tensor:
         b, s, _ = x.shape
@@ -89,12 +101,13 @@ class NxdiConventionAttention(torch.nn.Module):
         c = self.config
         hq, hkv = c.num_attention_heads, c.num_key_value_heads
         group = hq // hkv
-        q = self._heads(hidden_states, self.qkv_proj.q_proj, hq)
-        k = self._heads(hidden_states, self.qkv_proj.k_proj, hkv)
-        v = self._heads(hidden_states, self.qkv_proj.v_proj, hkv)
+        q = self._feed("q", self._heads(hidden_states, self.qkv_proj.q_proj, hq))
+        k = self._feed("k", self._heads(hidden_states, self.qkv_proj.k_proj, hkv))
+        v = self._feed("v", self._heads(hidden_states, self.qkv_proj.v_proj, hkv))
         cos, sin = rope_tables(c, position_ids, q.dtype)
         self.recorded = {"q": q, "k": k, "v": v} if self.keep_internals else {}
-        q, k = _rotate(q, cos[:, None], sin[:, None]), _rotate(k, cos[:, None], sin[:, None])
+        q = self._feed("q_rope", _rotate(q, cos[:, None], sin[:, None]))
+        k = self._feed("k_rope", _rotate(k, cos[:, None], sin[:, None]))
         scale = c.head_dim**0.5  # a divisor, as NxDI's softmax_scale
         if past_key_value is None:
             attn = self._context(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), attention_mask, scale)
@@ -102,22 +115,25 @@ class NxdiConventionAttention(torch.nn.Module):
         else:
             attn = self._generation(q, k, v, past_key_value, attention_mask, active_mask, scale, group)
             present = (k, v)
+        attn = self._feed("attn", attn)
         if self.keep_internals:
             self.recorded.update(q_rope=q, k_rope=k, attn=attn)
         b, _, s, _ = attn.shape
-        out = self.o_proj.o_proj(attn.transpose(1, 2).reshape(b, s, hq * c.head_dim))
+        out = self._feed("out_proj", self.o_proj.o_proj(attn.transpose(1, 2).reshape(b, s, hq * c.head_dim)))
         return out, present
 
     def _context(self, q, k, v, mask, scale):
         sinks = self.learned_sinks.sink
         out = []
         for q0 in range(0, q.shape[2], QUERY_BLOCK):
-            qb = q[:, :, q0 : q0 + QUERY_BLOCK]
+            block = slice(q0, q0 + QUERY_BLOCK)
+            qb = q[:, :, block]
             scores = torch.matmul(qb, k.transpose(2, 3)) / scale
-            scores = torch.where(mask[:, :, q0 : q0 + QUERY_BLOCK], scores, torch.finfo(scores.dtype).min)
+            scores = torch.where(mask[:, :, block], scores, torch.finfo(scores.dtype).min)
+            scores = self._feed("scores", scores, block).clamp_min(torch.finfo(scores.dtype).min)
             b, h, n, _ = scores.shape
             scores = torch.cat((scores, sinks.reshape(1, h, 1, 1).expand(b, h, n, 1)), dim=-1)
-            probs = torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype)
+            probs = self._feed("probs", torch.softmax(scores, dim=-1, dtype=torch.float32).to(q.dtype), block)
             if self.keep_internals:
                 self.recorded.setdefault("scores", []).append(scores[..., :-1])
                 self.recorded.setdefault("probs", []).append(probs)
@@ -132,13 +148,21 @@ class NxdiConventionAttention(torch.nn.Module):
         prior = torch.matmul(q, k_prior.transpose(2, 3)) / scale
         prior = torch.where(mask, prior, torch.finfo(prior.dtype).min)
         active = torch.matmul(q, k.repeat_interleave(group, 1).transpose(2, 3)) / scale
-        active = torch.where(active_mask, active, torch.finfo(active.dtype).min).to(torch.float32)
+        active = torch.where(active_mask, active, torch.finfo(active.dtype).min)
+        if "scores" in self.fed:  # the fed scores cover the cache's slots, then the step's own keys
+            both = self._feed("scores", torch.cat((prior, active), dim=-1)).clamp_min(torch.finfo(prior.dtype).min)
+            prior, active = both[..., : prior.shape[-1]], both[..., prior.shape[-1]:]
+        active = active.to(torch.float32)
         b, h, n, _ = prior.shape
         prior = torch.cat((prior, self.tkg_learned_sinks.sink.reshape(1, h, 1, 1).expand(b, h, n, 1)), dim=-1)
         top = torch.maximum(prior.amax(-1, keepdim=True), active.amax(-1, keepdim=True))
         e_prior, e_active = torch.exp(prior - top), torch.exp(active - top)
         total = e_prior.sum(-1, keepdim=True) + e_active.sum(-1, keepdim=True)
         p_prior, p_active = (e_prior / total).to(q.dtype), (e_active / total).to(q.dtype)
+        if "probs" in self.fed:  # keys: the cache's slots, the step's own, then the sink
+            m = p_prior.shape[-1] - 1
+            both = self._feed("probs", torch.cat((p_prior[..., :-1], p_active, p_prior[..., -1:]), dim=-1))
+            p_prior, p_active = torch.cat((both[..., :m], both[..., -1:]), dim=-1), both[..., m:-1]
         if self.keep_internals:  # keys: the cache's slots, then the step's own; probabilities: the sink last
             self.recorded["scores"] = torch.cat((prior[..., :-1], active.to(prior.dtype)), dim=-1)
             self.recorded["probs"] = torch.cat((p_prior[..., :-1], p_active, p_prior[..., -1:]), dim=-1)

@@ -32,10 +32,14 @@ class NeuronLayer(torch.nn.Module):
         super().__init__()
         self.norm_scale = torch.nn.Parameter(torch.ones(hidden_size, dtype=torch.float32))  # float32, as gpt-oss's
         self.attn = attention
+        self.fed_normed: tuple[torch.Tensor, torch.Tensor] | None = None  # stage isolation (the emulation only)
 
     def forward(self, x, mask, position_ids, k_cache=None, v_cache=None, active_mask=None):
         t = x.float()
         normed = (t * torch.rsqrt(t.pow(2).mean(-1, keepdim=True) + NORM_EPS) * self.norm_scale).to(x.dtype)
+        if self.fed_normed is not None:
+            fed, rows = self.fed_normed
+            normed = torch.where(rows[..., None], fed.to(normed.dtype), normed)
         extra = {} if k_cache is None else {"past_key_value": (k_cache, v_cache), "active_mask": active_mask}
         hidden, k, v = unpack(self.attn(hidden_states=normed, attention_mask=mask, position_ids=position_ids, **extra))
         return x + hidden.to(x.dtype), normed, hidden, k, v
