@@ -55,7 +55,8 @@ def cmd_history(args) -> int:
     print(f"run {run.id} ({run.time[:19]}, {run.source}, commit {(run.commit or '-')[:12]}) against baseline "
           f"{baseline.id} ({baseline.time[:19]}, commit {(baseline.commit or '-')[:12]}), {len(runs)} run(s) in "
           f"{store.path}\n")
-    widths = (44, 16, 10, 10, 8, 19, 22)
+    # the candidate column as wide as its longest name (mutant names run long)
+    widths = (44, max([16] + [len(c.now.candidate) + 2 for c in found[:args.top]]), 10, 10, 8, 19, 22)
     print(row(("case", "candidate", "baseline", "now", "growth", "state", "stage grown most"), widths))
     drifting = [c for c in found if c.drifts(args.drift_factor)]
     for c in found[:args.top]:
