@@ -23,6 +23,10 @@ PACKAGES = ("torch", "transformers", "safetensors", "hypothesis", "pytest", "pyt
 
 
 def _version(name: str) -> str | None:
+    if name == "torch":  # the imported build's own version: its local tag (+cpu, +cu128) is not in the metadata
+        import torch
+
+        return torch.__version__
     try:
         return version(name)
     except PackageNotFoundError:
