@@ -57,6 +57,13 @@ def _failed(result) -> bool:
     return isinstance(result, str) or (result is not None and not result.passed)
 
 
+def _divergence(stage: str, result, located_by: str = "tap") -> Divergence:
+    """`result`: a StageResult, or the text judge_stage_in_batch returns instead (e.g. NaN on entry)."""
+    if isinstance(result, str):
+        return Divergence(stage, None, located_by=located_by, detail=result)
+    return Divergence(stage, result, located_by=located_by)
+
+
 def isolate(candidate, expected: Expected, bounds: Bounds, end_to_end: str | None = None) -> tuple[list[Divergence], str]:
     """Every stage that fails on its own, in pipeline order (see the module docstring), and why the
     search stopped early ("" if it did not). An empty list: nothing fails on its own, the failure is
@@ -88,8 +95,7 @@ def isolate(candidate, expected: Expected, bounds: Bounds, end_to_end: str | Non
             if not _failed(result):
                 continue
             if judged == stage:
-                own.append(Divergence(stage, None if isinstance(result, str) else result,
-                                      detail=result if isinstance(result, str) else ""))
+                own.append(_divergence(stage, result))
             elif judged == "output":
                 output_fails_from = (stage, result)
             else:
@@ -99,15 +105,11 @@ def isolate(candidate, expected: Expected, bounds: Bounds, end_to_end: str | Non
     divergences = _by_operation(own, operations_of(candidate))
     # A stage that fails end to end, entered here, and passes entered after: the error enters here.
     if bracket_fails_from and STAGES.index(bracket_fails_from[0]) > last_own and not own:
-        stage, result = bracket_fails_from
-        divergences.append(Divergence(stage, None if isinstance(result, str) else result, located_by=bracket,
-                                      detail=result if isinstance(result, str) else ""))
-        last_own = STAGES.index(stage)
+        divergences.append(_divergence(*bracket_fails_from, located_by=bracket))
+        last_own = STAGES.index(bracket_fails_from[0])
     # A failing output past every tapped divergence: an error enters at an untapped stage.
     if output_fails_from and STAGES.index(output_fails_from[0]) > last_own:
-        stage, result = output_fails_from
-        divergences.append(Divergence(stage, None if isinstance(result, str) else result, located_by="output",
-                                      detail=result if isinstance(result, str) else ""))
+        divergences.append(_divergence(*output_fails_from, located_by="output"))
     return divergences, stopped
 
 

@@ -201,11 +201,21 @@ KILLERS = {  # each driver mutant, and a case of RING_CASES that shows it
 }
 
 
+# where each is named: nxdi-emulation accepts feed, so stage isolation enters it at every stage (the cache
+# slots included) and names one stage per bug; without feed the mask and sink bugs would read as four
+NAMED_AT = {
+    "ring_written_at_pos_mod_w": "k_rope", "generation_mask_exposes_unwritten_slot": "scores",
+    "ring_seeded_in_position_order": "k_rope", "bucket_padding_visible": "scores",
+    "padding_positions_counted": "k_rope", "generation_sinks_not_loaded": "probs",
+}
+
+
 @pytest.mark.parametrize("mutant", DRIVER_MUTANTS)
-def test_every_driver_mutant_is_caught(mutant, ring_expected):
+def test_every_driver_mutant_is_caught_and_named_at_one_stage(mutant, ring_expected):
     case = RING_CASES[KILLERS[mutant]]
     (v,) = run_case(case, [load_candidate(f"mutant:{mutant}")], expected=_expected(ring_expected), probes=False)
     assert v.verdict == "fail", (mutant, v.message)
+    assert v.divergent_stages == [NAMED_AT[mutant]], (mutant, v.message)
 
 
 def test_a_case_outside_the_buckets_is_a_clear_error():
