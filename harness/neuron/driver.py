@@ -286,11 +286,7 @@ class Driver:
         if self.feed:
             keys = []
             for r in range(rows):
-                st = int(start[r])
-                if cache.ring is None:
-                    held = torch.where(torch.arange(cache.slots) < st, torch.arange(cache.slots), -1)
-                else:
-                    held = ring_positions(torch.tensor([st]), cache.ring, cache.slots)[0]
+                held = _held(cache, int(start[r]))
                 keys.append(torch.cat((held, torch.where(valid[r], pos[r], -1))))
                 self._feed_cache(cache, r, held)
             self._set_feed(torch.where(valid, pos, -1), keys)
@@ -311,10 +307,14 @@ class Driver:
             record("k_rope", r, p, k[r, :, :n].transpose(0, 1))
             record("v", r, p, v[r, :, :n].transpose(0, 1))
             if self.internal:
-                if cache.ring is None:
-                    held = torch.where(torch.arange(cache.slots) < st, torch.arange(cache.slots), -1)
-                else:
-                    held = ring_positions(torch.tensor([st]), cache.ring, cache.slots)[0]
-                keys = torch.cat((held, torch.where(valid[r], pos[r], -1)))
+                keys = torch.cat((_held(cache, st), torch.where(valid[r], pos[r], -1)))
                 self._record_internals(r, p, torch.arange(n), keys)
         cache.write(k, v, pos, valid)
+
+
+def _held(cache: KVCache, start: int) -> torch.Tensor:
+    """The position each cache slot holds when a generation step starts at `start` (-1: none yet)."""
+    if cache.ring is None:
+        slots = torch.arange(cache.slots)
+        return torch.where(slots < start, slots, -1)
+    return ring_positions(torch.tensor([start]), cache.ring, cache.slots)[0]
