@@ -30,11 +30,39 @@ class BlockSpec:
 
 
 @dataclass(frozen=True)
+class CachedPrefix:
+    """The KV cache a from_cache plan hands the candidate: k_rope and v [B, C, Hkv, d] in the case's
+    dtype, as the bf16 reference computed them; slot j of row b holds position j for j < lengths[b]
+    (C is the longest row's prefix), later slots are zeros and must never be read."""
+
+    k_rope: torch.Tensor
+    v: torch.Tensor
+    lengths: tuple[int, ...]
+
+    @property
+    def slots(self) -> int:
+        return self.k_rope.shape[1]
+
+    @property
+    def valid(self) -> torch.Tensor:
+        """[B, C]: True where a slot holds a position."""
+        return torch.arange(self.slots)[None, :] < torch.tensor(self.lengths)[:, None]
+
+    def with_values(self, k_rope: torch.Tensor, v: torch.Tensor) -> "CachedPrefix":
+        return replace(self, k_rope=k_rope, v=v)
+
+
+@dataclass(frozen=True)
 class Batch:
     """hidden [B, S, H] in spec.dtype, zeros in padding; positions [B, S] (0 in padding);
     valid [B, S] False in padding; compare [B, S] marks the rows that are judged.
     steps: the serving plan; steps[i][b] = (start, stop) positions of row b processed in step i
-    (start == stop when row b has nothing in that step). Every step attends to all earlier positions."""
+    (start == stop when row b has nothing in that step). Every step attends to all earlier positions.
+    cache (plan from_cache): the KV cache of every position before the first step; the slots then
+    hold only the generated tokens, at their absolute positions.
+
+    Keys: a query attends over the batch's key axis, the cache's C slots (if any) then the S slots.
+    Score and probability taps are [B, Hq, S, keys] in that order (harness/stages.py)."""
 
     hidden: torch.Tensor
     positions: torch.Tensor
@@ -43,6 +71,40 @@ class Batch:
     lengths: tuple[int, ...]
     padding: str
     steps: tuple[tuple[tuple[int, int], ...], ...]
+    cache: CachedPrefix | None = None
+
+    @property
+    def cached(self) -> int:
+        """Slots of the cache before the batch's own slots on the key axis (0 without a cache)."""
+        return 0 if self.cache is None else self.cache.slots
+
+    @property
+    def key_positions(self) -> torch.Tensor:
+        """[B, keys]: the position each entry of the key axis holds."""
+        if self.cache is None:
+            return self.positions
+        own = torch.arange(self.cache.slots).expand(self.positions.shape[0], -1)
+        return torch.cat((own, self.positions), dim=1)
+
+    @property
+    def key_valid(self) -> torch.Tensor:
+        """[B, keys]: False for padding (and the cache's unused slots)."""
+        if self.cache is None:
+            return self.valid
+        return torch.cat((self.cache.valid, self.valid), dim=1)
+
+    def key_index(self, row: int, positions: torch.Tensor) -> torch.Tensor:
+        """Where positions of row `row` sit on the key axis."""
+        if self.cache is None:
+            return self.slots(row)[positions]
+        start = self.cache.lengths[row]
+        inside = positions < start
+        own = self.slots(row)[(positions - start).clamp(min=0)] + self.cache.slots
+        return torch.where(inside, positions, own)
+
+    def first_position(self, row: int) -> int:
+        """The position of the row's first slot (0, or the cache's length)."""
+        return 0 if self.cache is None else self.cache.lengths[row]
 
     def slots(self, row: int) -> torch.Tensor:
         """Slot indices of row `row`'s tokens, in position order."""
@@ -86,6 +148,9 @@ def make_inputs(case: Case, config: ModelConfig) -> list[torch.Tensor]:
 
 
 def plan_steps(case: Case) -> tuple[tuple[tuple[int, int], ...], ...]:
+    if case.plan == "from_cache":  # the prefix is in the cache: one generation step per new token
+        k = case.decode_steps
+        return tuple(tuple((n - k + i, n - k + i + 1) for n in case.lengths) for i in range(k))
     if case.plan == "prefill":
         return (tuple((0, n) for n in case.lengths),)
     if case.plan == "decode":
@@ -143,10 +208,22 @@ def build(case: Case, checkpoint: str | None = None) -> tuple[BlockSpec, Batch]:
     return spec, make_batch(case, spec)
 
 
-def make_batch(case: Case, spec: BlockSpec) -> Batch:
+def new_tokens(case: Case) -> tuple[int, ...]:
+    """Tokens of each row the candidate is handed: the whole row, or the generated ones (from_cache)."""
+    return tuple(case.decode_steps for _ in case.lengths) if case.plan == "from_cache" else case.lengths
+
+
+def make_batch(case: Case, spec: BlockSpec, cache: CachedPrefix | None = None) -> Batch:
+    """The case's batch. A from_cache plan's cache is the reference's keys and values of the prefix,
+    computed here in one chunked pass over the inputs (harness/prefix.py) unless `cache` is given."""
     config = spec.config
-    seqs = make_inputs(case, config)
-    b, s = case.batch_size, case.pad_to or max(case.lengths)
+    if case.plan == "from_cache" and cache is None:
+        from harness.prefix import prefix_pass
+
+        cache = prefix_pass(case, spec, oracle=False).cache
+    first = [n - k for n, k in zip(case.lengths, new_tokens(case))]
+    seqs = [input_tokens(case, config, row, a, n) for row, (a, n) in enumerate(zip(first, case.lengths))]
+    b, s = case.batch_size, case.pad_to or max(new_tokens(case))
     hidden = torch.zeros(b, s, config.hidden_size, dtype=spec.dtype)
     positions = torch.zeros(b, s, dtype=torch.long)
     valid = torch.zeros(b, s, dtype=torch.bool)
@@ -156,8 +233,8 @@ def make_batch(case: Case, spec: BlockSpec) -> Batch:
         lo = s - n if case.padding == "left" else 0
         # rounded through bf16 first so that bf16 and float32 cases see the same input values
         hidden[row, lo : lo + n] = x.to(torch.bfloat16).to(spec.dtype)
-        positions[row, lo : lo + n] = torch.arange(n)
+        positions[row, lo : lo + n] = torch.arange(first[row], first[row] + n)
         valid[row, lo : lo + n] = True
-        first = n - case.compare_last if case.compare_last else 0
-        compare[row, lo + max(first, 0) : lo + n] = True
-    return Batch(hidden, positions, valid, compare, case.lengths, case.padding, plan_steps(case))
+        judged = n - case.compare_last if case.compare_last else 0
+        compare[row, lo + max(judged, 0) : lo + n] = True
+    return Batch(hidden, positions, valid, compare, case.lengths, case.padding, plan_steps(case), cache)

@@ -16,7 +16,10 @@ from harness.locations import cases_dir
 from harness.presets import PRESETS
 from harness.weights import SCALE_REGIMES, SINK_REGIMES
 
-PLANS = ("prefill", "decode", "chunked")
+PLANS = ("prefill", "decode", "chunked", "from_cache")
+# Plans that hand the candidate every token of a row; "from_cache" hands it the KV cache of the prefix
+# instead, and only candidates that declare `accepts_cache = True` run it (harness/candidates/protocol.py).
+TOKEN_PLANS = PLANS[:3]
 PADDING = ("right", "left")
 INPUTS = ("normal", "large", "outliers")
 DTYPES = ("bfloat16", "float32")
@@ -29,9 +32,14 @@ class Case:
 
     plan "prefill": each row in one step. "decode": each row's prefill, then `decode_steps` single-token
     steps (the last decode_steps positions of every row). "chunked": positions [0, chunk_offset) in one
-    step, the rest in a second step starting at chunk_offset.
+    step, the rest in a second step starting at chunk_offset. "from_cache": the candidate gets the KV
+    cache of positions [0, n - decode_steps) of every row (k_rope and v as the bf16 reference computed
+    them, in the case's dtype) and only the last `decode_steps` tokens, one generation step each: what a
+    serving engine's token-generation step receives. It costs O(n), so rows may reach 131,072 tokens;
+    its judged positions are the generated ones (compare_last stays 0).
     compare_last: 0 judges every valid row; k > 0 judges only each row's last k positions (long cases).
-    pad_to: the padded length S of the batch (0: the longest row), e.g. a compiled bucket size.
+    pad_to: the padded length S of the batch (0: the longest row; from_cache: its generated tokens), e.g. a
+    compiled bucket size.
     depth > 1: a stack of `depth` blocks at layers layer .. layer+depth-1, each with its own weights,
     compared layer by layer; stack_mode "teacher" feeds every layer the oracle's input (isolating
     per-layer error), "free" lets each producer's errors accumulate as in the real model.
@@ -70,7 +78,8 @@ class Case:
     @property
     def id(self) -> str:
         """Readable and stable: the main parameters, then a hash of the whole case."""
-        plan = {"prefill": "prefill", "decode": f"decode{self.decode_steps}", "chunked": f"chunk@{self.chunk_offset}"}[self.plan]
+        plan = {"prefill": "prefill", "decode": f"decode{self.decode_steps}", "chunked": f"chunk@{self.chunk_offset}",
+                "from_cache": f"cache{self.decode_steps}"}[self.plan]
         lens = "x".join(str(n) for n in self.lengths)
         digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:6]
         extra = "" if self.dtype == "bfloat16" else "-f32"
@@ -155,8 +164,12 @@ def validate_case_fields(case: Case) -> list[str]:
         p.append(f"padding={case.padding!r} must be one of {PADDING}")
     if case.plan not in PLANS:
         p.append(f"plan={case.plan!r} must be one of {PLANS}")
-    if case.plan == "decode" and not (case.lengths and 1 <= case.decode_steps < min(case.lengths)):
-        p.append(f"decode_steps={case.decode_steps} must be >= 1 and below the shortest row ({min(case.lengths, default=0)}) with plan 'decode'")
+    if case.plan in ("decode", "from_cache") and not (case.lengths and 1 <= case.decode_steps < min(case.lengths)):
+        p.append(f"decode_steps={case.decode_steps} must be >= 1 and below the shortest row ({min(case.lengths, default=0)}) "
+                 f"with plan {case.plan!r}")
+    if case.plan == "from_cache" and (case.chunk_offset or case.compare_last or case.depth > 1):
+        p.append("plan 'from_cache' judges exactly its generated tokens: chunk_offset and compare_last must be 0 and "
+                 "depth 1 (a stack would need every layer's cache)")
     if case.plan == "chunked" and not (case.lengths and 1 <= case.chunk_offset < max(case.lengths)):
         p.append(f"chunk_offset={case.chunk_offset} must be >= 1 and below the longest row ({max(case.lengths, default=0)}) with plan 'chunked'")
     if case.plan == "prefill" and (case.decode_steps or case.chunk_offset):
@@ -171,8 +184,10 @@ def validate_case_fields(case: Case) -> list[str]:
         p.append(f"compare_last={case.compare_last} must be >= 0")
     if case.dtype not in DTYPES:
         p.append(f"dtype={case.dtype!r} must be one of {DTYPES}")
-    if case.pad_to and case.lengths and case.pad_to < max(case.lengths):
-        p.append(f"pad_to={case.pad_to} must be 0 or at least the longest row ({max(case.lengths)})")
+    slots = case.decode_steps if case.plan == "from_cache" else max(case.lengths, default=0)
+    if case.pad_to and case.lengths and case.pad_to < slots:
+        what = "the generated tokens per row" if case.plan == "from_cache" else "the longest row"
+        p.append(f"pad_to={case.pad_to} must be 0 or at least {what} ({slots})")
     if not isinstance(case.depth, int) or case.depth < 1:
         p.append(f"depth={case.depth!r} must be a positive integer")
     if case.stack_mode not in STACK_MODES:

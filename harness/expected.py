@@ -32,14 +32,22 @@ class Expected:
 ExpectedFn = Callable[[Case, "str | None"], "list[Expected]"]
 
 
-def produce_expected(spec: BlockSpec, batch: Batch) -> Expected:
-    return Expected(spec, batch, run_oracle(spec, batch, taps=True), run_reference(spec, batch, taps=True))
+def produce_expected(spec: BlockSpec, batch: Batch, prefix=None) -> Expected:
+    """`prefix`: a from_cache batch's prefix pass (harness/prefix.py), whose oracle keys the oracle reads."""
+    return Expected(spec, batch, run_oracle(spec, batch, taps=True, prefix=prefix), run_reference(spec, batch, taps=True))
 
 
 def expected_for(case: Case, checkpoint: str | None = None) -> Expected:
     """The first layer's expected tensors."""
-    spec, batch = build(case, checkpoint)
-    return produce_expected(spec, batch)
+    return compute_expected(case, checkpoint)[0]
+
+
+def _from_cache(case: Case, spec: BlockSpec) -> Expected:
+    """One pass over the prefix's inputs makes the cache (the reference's keys) and the oracle's keys."""
+    from harness.prefix import prefix_pass
+
+    prefix = prefix_pass(case, spec)
+    return produce_expected(spec, make_batch(case, spec, cache=prefix.cache), prefix)
 
 
 def next_input(output: torch.Tensor, batch: Batch, dtype: torch.dtype) -> torch.Tensor:
@@ -53,6 +61,8 @@ def compute_expected(case: Case, checkpoint: str | None = None) -> list[Expected
     the oracle (in float64) and the reference (in its dtype) each run on their own previous output."""
     check_fits(case)  # before anything is allocated
     specs = layer_specs(case, checkpoint)
+    if case.plan == "from_cache":
+        return [_from_cache(case, specs[0])]
     batch = make_batch(case, specs[0])
     if case.depth == 1:
         return [produce_expected(specs[0], batch)]

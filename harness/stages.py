@@ -6,8 +6,10 @@ All tensors are in the batch's slot layout (B = rows, S = padded length, keys in
   k, v     [B, S, Hkv, d]      before RoPE
   q_rope   [B, S, Hq, d]       after RoPE
   k_rope   [B, S, Hkv, d]
-  scores   [B, Hq, S, S]       scaled QK with masked entries -inf (compared on visible keys only)
-  probs    [B, Hq, S, S + 1]   softmax including the sink, whose probability is the last column
+  scores   [B, Hq, S, K]       scaled QK with masked entries -inf (compared on visible keys only)
+  probs    [B, Hq, S, K + 1]   softmax including the sink, whose probability is the last column
+The key axis K is the batch's (harness/batch.py: Batch.key_positions): its S slots, or for a from_cache
+batch the cache's C slots followed by its S slots (K = C + S).
   attn     [B, S, Hq, d]       attention output before the out-projection
   out_proj [B, S, hidden]      out-projection output (with bias)
   output   [B, S, hidden]      block output, residual included
@@ -18,12 +20,12 @@ from __future__ import annotations
 
 STAGES = ("normed", "q", "k", "v", "q_rope", "k_rope", "scores", "probs", "attn", "out_proj", "output")
 
-# Score taps are (B * Hq * S * S) large; beyond this many elements they are not produced.
+# Score taps are (B * Hq * S * (K + 1)) large; beyond this many elements they are not produced.
 SCORE_TAP_LIMIT = 1 << 24
 
 
-def score_taps_fit(batch_size: int, heads: int, seq: int) -> bool:
-    return batch_size * heads * seq * (seq + 1) <= SCORE_TAP_LIMIT
+def score_taps_fit(batch_size: int, heads: int, seq: int, keys: int | None = None) -> bool:
+    return batch_size * heads * seq * ((seq if keys is None else keys) + 1) <= SCORE_TAP_LIMIT
 
 
 def check_stage_names(names) -> None:

@@ -3,7 +3,9 @@
 Upcasting the reference module is not an oracle: its RMSNorm and RoPE tables stay float32. Here every
 stage runs in float64, from the same bf16 parameters. Only the requested query rows are evaluated,
 in chunks, and each chunk reads only the keys it can see (<= its last position, and only the last W
-on sliding layers), so memory grows linearly with sequence length.
+on sliding layers), so memory grows linearly with sequence length. The pieces (`project`, `attend`,
+`finish`) also serve callers that stream a long prefix in chunks (harness/prefix.py) and keep only its
+keys and values.
 
 Parameters use the gpt-oss checkpoint names without the `block.N.attn.` prefix:
 norm.scale, qkv.weight, qkv.bias, sinks, out.weight, out.bias.
@@ -58,6 +60,57 @@ def window_of(config: ModelConfig, layer_idx: int) -> int:
     return config.sliding_window if layer_idx % 2 == 0 else 0
 
 
+def project(params: dict[str, torch.Tensor], config: ModelConfig, x: torch.Tensor, positions: torch.Tensor,
+            queries: bool = True) -> dict[str, torch.Tensor]:
+    """normed, q, k, v, q_rope, k_rope (float64) of tokens x (n, hidden) at `positions`; with
+    queries=False only k_rope and v (a prefix's keys: a fifth of the work)."""
+    hq, hkv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    xs = x.to(F64)
+    normed = xs * torch.rsqrt(xs.pow(2).mean(dim=-1, keepdim=True) + NORM_EPS) * params["norm.scale"].to(F64)
+    w, b = params["qkv.weight"], params["qkv.bias"]
+    lo = 0 if queries else hq * d
+    qkv = normed @ w[lo:].to(F64).T + b[lo:].to(F64)
+    qkv = torch.cat((qkv.new_empty(len(x), hq * d), qkv), dim=1) if not queries else qkv
+    k = qkv[:, hq * d : (hq + hkv) * d].view(-1, hkv, d)
+    v = qkv[:, (hq + hkv) * d :].view(-1, hkv, d)
+    cos, sin = rope_tables_f64(config, positions)
+    out = {"k_rope": rotate_half(k, cos, sin), "v": v}
+    if queries:
+        q = qkv[:, : hq * d].view(-1, hq, d)
+        out.update(normed=normed, q=q, k=k, q_rope=rotate_half(q, cos, sin))
+    return out
+
+
+def attend(params: dict[str, torch.Tensor], config: ModelConfig, layer_idx: int, q_rope: torch.Tensor,
+           rows: torch.Tensor, k_rope: torch.Tensor, v: torch.Tensor, key_positions: torch.Tensor,
+           score_taps: bool = False) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+    """Attention of query rows at positions `rows` (q_rope (r, hq, d)) over keys at `key_positions`
+    (k_rope, v (K, hkv, d)); keys a row cannot see are masked here. Returns attn (r, hq, d) and, with
+    `score_taps`, scores (hq, r, K) (-inf where masked) and probs (hq, r, K + 1) (the sink last)."""
+    window = window_of(config, layer_idx)
+    hq, hkv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
+    q_mult = hq // hkv
+    visible = key_positions[None, :] <= rows[:, None]
+    if window:
+        visible &= key_positions[None, :] > rows[:, None] - window
+    qc = q_rope.reshape(-1, hkv, q_mult, d)
+    s = torch.einsum("cgmd,jgd->gmcj", qc, k_rope) * d**-0.5
+    s = s.masked_fill(~visible, -float("inf"))
+    sinks = params["sinks"].to(F64).view(hkv, q_mult)
+    logits = torch.cat([s, sinks[:, :, None, None].expand(-1, -1, len(rows), 1)], dim=-1)
+    p = torch.softmax(logits, dim=-1)
+    attn = torch.einsum("gmcj,jgd->cgmd", p[..., :-1], v).reshape(-1, hq, d)
+    if not score_taps:
+        return attn, None, None
+    return attn, s.reshape(hq, len(rows), -1), p.reshape(hq, len(rows), -1)
+
+
+def finish(params: dict[str, torch.Tensor], x_rows: torch.Tensor, attn: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out_proj, output) of rows whose attention output is attn (r, hq, d)."""
+    out_proj = attn.reshape(len(attn), -1) @ params["out.weight"].to(F64).T + params["out.bias"].to(F64)
+    return out_proj, x_rows.to(F64) + out_proj
+
+
 def oracle_forward(
     params: dict[str, torch.Tensor],
     config: ModelConfig,
@@ -78,8 +131,7 @@ def oracle_forward(
     if len(rows) == 0 or int(rows.min()) < 0 or int(rows.max()) >= n:
         raise ValueError(f"oracle rows must be non-empty positions in [0, {n}), got {rows.tolist()[:8]}...")
     window = window_of(config, layer_idx)
-    hq, hkv, d = config.num_attention_heads, config.num_key_value_heads, config.head_dim
-    q_mult = hq // hkv
+    hq = config.num_attention_heads
 
     # Positions whose keys some requested row can see; the rows themselves are among them.
     needed = torch.zeros(int(rows.max()) + 1, dtype=torch.bool)
@@ -89,20 +141,10 @@ def oracle_forward(
     else:
         needed[:] = True
     kpos = needed.nonzero().squeeze(1)
+    keys = project(params, config, x[kpos], kpos, queries=False)
+    stages = project(params, config, x[rows], rows)
 
-    xs = x[kpos].to(F64)
-    normed = xs * torch.rsqrt(xs.pow(2).mean(dim=-1, keepdim=True) + NORM_EPS) * params["norm.scale"].to(F64)
-    qkv = normed @ params["qkv.weight"].to(F64).T + params["qkv.bias"].to(F64)
-    q = qkv[:, : hq * d].view(-1, hq, d)
-    k = qkv[:, hq * d : (hq + hkv) * d].view(-1, hkv, d)
-    v = qkv[:, (hq + hkv) * d :].view(-1, hkv, d)
-    cos, sin = rope_tables_f64(config, kpos)
-    q_rope, k_rope = rotate_half(q, cos, sin), rotate_half(k, cos, sin)
-    sinks = params["sinks"].to(F64).view(hkv, q_mult)
-    scale = d**-0.5
-
-    row_idx = torch.searchsorted(kpos, rows)  # where each requested row sits among kpos
-    attn = torch.empty(len(rows), hq, d, dtype=F64)
+    attn = torch.empty(len(rows), hq, config.head_dim, dtype=F64)
     scores_tap = torch.full((hq, len(rows), n), -float("inf"), dtype=F64) if score_taps else None
     probs_tap = torch.zeros((hq, len(rows), n + 1), dtype=F64) if score_taps else None
     for c0 in range(0, len(rows), chunk):
@@ -110,36 +152,19 @@ def oracle_forward(
         lo = int(c_rows.min()) - window + 1 if window else 0
         k_lo = int(torch.searchsorted(kpos, torch.tensor(max(lo, 0))))
         k_hi = int(torch.searchsorted(kpos, c_rows.max(), right=True))
-        keys = kpos[k_lo:k_hi]
-        visible = keys[None, :] <= c_rows[:, None]
-        if window:
-            visible &= keys[None, :] > c_rows[:, None] - window
-        qc = q_rope[row_idx[c0 : c0 + chunk]].view(-1, hkv, q_mult, d)
-        s = torch.einsum("cgmd,jgd->gmcj", qc, k_rope[k_lo:k_hi]) * scale
-        s = s.masked_fill(~visible, -float("inf"))
-        logits = torch.cat([s, sinks[:, :, None, None].expand(-1, -1, len(c_rows), 1)], dim=-1)
-        p = torch.softmax(logits, dim=-1)
-        attn[c0 : c0 + chunk] = torch.einsum("gmcj,jgd->cgmd", p[..., :-1], v[k_lo:k_hi]).reshape(-1, hq, d)
+        a, s, p = attend(params, config, layer_idx, stages["q_rope"][c0 : c0 + chunk], c_rows,
+                         keys["k_rope"][k_lo:k_hi], keys["v"][k_lo:k_hi], kpos[k_lo:k_hi], score_taps)
+        attn[c0 : c0 + chunk] = a
         if score_taps:
-            scores_tap[:, c0 : c0 + chunk, keys] = s.reshape(hq, len(c_rows), -1)
-            probs_tap[:, c0 : c0 + chunk, keys] = p[..., :-1].reshape(hq, len(c_rows), -1)
-            probs_tap[:, c0 : c0 + chunk, n] = p[..., -1].reshape(hq, len(c_rows))
+            scores_tap[:, c0 : c0 + chunk, kpos[k_lo:k_hi]] = s
+            probs_tap[:, c0 : c0 + chunk, kpos[k_lo:k_hi]] = p[..., :-1]
+            probs_tap[:, c0 : c0 + chunk, n] = p[..., -1]
 
-    out_proj = attn.reshape(len(rows), -1) @ params["out.weight"].to(F64).T + params["out.bias"].to(F64)
-    output = x[rows].to(F64) + out_proj
+    out_proj, output = finish(params, x[rows], attn)
     result = OracleResult(rows=rows, output=output)
     if taps:
-        result.taps = {
-            "normed": normed[row_idx],
-            "q": q[row_idx],
-            "k": k[row_idx],
-            "v": v[row_idx],
-            "q_rope": q_rope[row_idx],
-            "k_rope": k_rope[row_idx],
-            "attn": attn,
-            "out_proj": out_proj,
-            "output": output,
-        }
+        result.taps = {name: stages[name] for name in ("normed", "q", "k", "v", "q_rope", "k_rope")}
+        result.taps.update(attn=attn, out_proj=out_proj, output=output)
         if score_taps:
             result.taps.update(scores=scores_tap, probs=probs_tap)
     return result

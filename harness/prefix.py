@@ -1,0 +1,98 @@
+"""The prefix pass: one chunked walk over the inputs of every row's prefix, for a from_cache plan.
+
+A from_cache case hands the candidate the KV cache of positions [0, C) of each row (harness/batch.py:
+CachedPrefix). Its inputs are generated PREFIX_CHUNK tokens at a time (harness/batch.py:input_tokens,
+the same values whatever the chunking), rounded to the model dtype as every batch is, and each chunk
+feeds, while it exists:
+- the bf16 reference's keys and values (reference/rows.py: project_keys): the cache, every position;
+- the float64 oracle's own keys and values (reference/oracle.py: project), only for the positions the
+  judged rows can see (the last W on sliding layers);
+- a sha256 of the inputs, which a golden stores instead of the inputs themselves.
+No chunk outlives its step, so memory is the cache plus one chunk: a 131,072-token row never holds its
+hidden states, let alone in float64.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import torch
+
+from harness.batch import BlockSpec, CachedPrefix, input_tokens, new_tokens
+from harness.case import Case
+from harness.produce import reference_block
+from reference import oracle as oracle_math
+from reference.rows import project_keys
+
+PREFIX_CHUNK = 4096
+
+
+@dataclass
+class OracleKeys:
+    """The oracle's float64 k_rope and v [n, Hkv, d] of positions first .. first + n - 1 of one row."""
+
+    first: int
+    k_rope: torch.Tensor
+    v: torch.Tensor
+
+    def covering(self, lo: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k_rope and v of positions [lo, hi), which must lie inside what is held."""
+        if lo < self.first or hi > self.first + len(self.k_rope):
+            raise ValueError(f"the oracle's prefix holds positions [{self.first}, {self.first + len(self.k_rope)}), "
+                             f"not [{lo}, {hi})")
+        return self.k_rope[lo - self.first : hi - self.first], self.v[lo - self.first : hi - self.first]
+
+
+@dataclass
+class Prefix:
+    cache: CachedPrefix
+    oracle: list[OracleKeys] | None
+    inputs_sha256: str
+
+
+def oracle_first(case: Case, spec: BlockSpec, row: int) -> int:
+    """The first prefix position the row's judged (generated) tokens can see."""
+    first_judged = case.lengths[row] - new_tokens(case)[row]
+    return max(0, first_judged - spec.window + 1) if spec.window else 0
+
+
+def prefix_pass(case: Case, spec: BlockSpec, oracle: bool = True, chunk: int = PREFIX_CHUNK,
+                progress=None) -> Prefix:
+    """The cache (the reference's keys and values of every prefix position), the oracle's keys and
+    values where the judged rows can see them (with `oracle`), and the inputs' hash.
+    `progress(done, total)` is called after each chunk, in tokens."""
+    if case.plan != "from_cache":
+        raise ValueError(f"case {case.id}: only a from_cache plan has a prefix handed over as a cache")
+    c, dt = spec.config, spec.dtype
+    hkv, d = c.num_key_value_heads, c.head_dim
+    lengths = tuple(n - k for n, k in zip(case.lengths, new_tokens(case)))
+    slots = max(lengths)
+    k_cache = torch.zeros(len(lengths), slots, hkv, d, dtype=dt)
+    v_cache = torch.zeros_like(k_cache)
+    block = reference_block(spec)
+    digest = hashlib.sha256()
+    keys: list[OracleKeys] = []
+    total, done = sum(lengths), 0
+    with torch.no_grad():
+        for row, n in enumerate(lengths):
+            first = oracle_first(case, spec, row)
+            o_k = torch.empty(n - first, hkv, d, dtype=torch.float64) if oracle else None
+            o_v = torch.empty_like(o_k) if oracle else None
+            digest.update(f"row {row}:{n}\n".encode())
+            for a in range(0, n, chunk):
+                b = min(n, a + chunk)
+                x = input_tokens(case, c, row, a, b).to(torch.bfloat16).to(dt)  # as make_batch rounds them
+                digest.update(x.contiguous().view(torch.uint8).numpy().tobytes())
+                positions = torch.arange(a, b)
+                k_cache[row, a:b], v_cache[row, a:b] = project_keys(block, x, positions)
+                if oracle and b > first:
+                    lo = max(a, first)
+                    o = oracle_math.project(spec.weights, c, x[lo - a :], positions[lo - a :], queries=False)
+                    o_k[lo - first : b - first], o_v[lo - first : b - first] = o["k_rope"], o["v"]
+                done += b - a
+                if progress:
+                    progress(done, total)
+            if oracle:
+                keys.append(OracleKeys(first, o_k, o_v))
+    return Prefix(CachedPrefix(k_cache, v_cache, lengths), keys if oracle else None, digest.hexdigest())
