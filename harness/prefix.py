@@ -30,7 +30,8 @@ PREFIX_CHUNK = 4096
 
 @dataclass
 class OracleKeys:
-    """The oracle's float64 k_rope and v [n, Hkv, d] of positions first .. first + n - 1 of one row."""
+    """The oracle's float64 k_rope and v [n, Hkv, d] of positions first .. first + n - 1 of one row: the
+    prefix pass fills the cached positions, the oracle the generated ones (no copy of a long prefix)."""
 
     first: int
     k_rope: torch.Tensor
@@ -77,7 +78,7 @@ def prefix_pass(case: Case, spec: BlockSpec, oracle: bool = True, chunk: int = P
     with torch.no_grad():
         for row, n in enumerate(lengths):
             first = oracle_first(case, spec, row)
-            o_k = torch.empty(n - first, hkv, d, dtype=torch.float64) if oracle else None
+            o_k = torch.empty(case.lengths[row] - first, hkv, d, dtype=torch.float64) if oracle else None
             o_v = torch.empty_like(o_k) if oracle else None
             digest.update(f"row {row}:{n}\n".encode())
             for a in range(0, n, chunk):

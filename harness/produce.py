@@ -206,10 +206,11 @@ def _oracle_cached(spec: BlockSpec, batch: Batch, taps: bool, keys: list) -> dic
         # the generated tokens up to the last judged one, in float64 (queries and keys)
         new_positions = torch.arange(first, last + 1)
         new = oracle_math.project(spec.weights, c, batch.hidden[row, slots[new_positions - first]], new_positions)
-        lo = keys[row].first
-        k_old, v_old = keys[row].covering(lo, first)
-        k_all, v_all = torch.cat((k_old, new["k_rope"])), torch.cat((v_old, new["v"]))
-        key_positions = torch.arange(lo, last + 1)
+        held = keys[row]
+        held.k_rope[first - held.first : last + 1 - held.first] = new["k_rope"]
+        held.v[first - held.first : last + 1 - held.first] = new["v"]
+        k_all, v_all = held.covering(held.first, last + 1)
+        key_positions = torch.arange(held.first, last + 1)
         at = rows - first
         stages = {name: new[name][at] for name in ("normed", "q", "k", "v", "q_rope", "k_rope")}
         step = _row_blocks(c.num_attention_heads, len(rows), len(key_positions))
