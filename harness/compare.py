@@ -214,13 +214,13 @@ def judge_stage_in_batch(stage, batch, cand, ref, oracle: dict, bounds: Bounds, 
     result = judge_stage(stage, cand, ref, oracle[stage], mask, bounds, unit)
     if hidden.any() or exposed.any():
         result.hidden, result.exposed, result.passed = int(hidden.sum()), int(exposed.sum()), False
-        result.mask_rules = broken_rules(batch.positions, batch.valid, exposed, hidden)
+        result.mask_rules = broken_rules(batch.positions, batch.key_positions, batch.key_valid, exposed, hidden)
     if stage == "probs":
         masked = batch.compare[:, None, :, None] & _masked_keys(oracle, batch)
         leaked = masked & (cand != 0)
         if leaked.any():
             result.leaks, result.leak_max = int(leaked.sum()), float(cand[leaked].abs().max())
-            result.mask_rules = broken_rules(batch.positions, batch.valid, leaked[..., :-1])
+            result.mask_rules = broken_rules(batch.positions, batch.key_positions, batch.key_valid, leaked[..., :-1])
             result.passed = False
         result.split = _split_sink(cand, ref, oracle[stage], mask, bounds, unit)
     return result
@@ -262,7 +262,7 @@ def _masked_keys(oracle: dict[str, torch.Tensor], batch: Batch) -> torch.Tensor:
         masked = oracle["scores"] == -float("inf")
     else:
         masked = oracle["probs"][..., :-1] == 0
-    masked = masked | ~batch.valid[:, None, None, :]
+    masked = masked | ~batch.key_valid[:, None, None, :]
     return torch.cat([masked, torch.zeros_like(masked[..., :1])], dim=-1)
 
 

@@ -29,10 +29,11 @@ def additive_mask(keep: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 MASK_RULES = ("causal", "window", "padding")
 
 
-def broken_rules(positions: torch.Tensor, valid: torch.Tensor, opened: torch.Tensor,
+def broken_rules(positions: torch.Tensor, key_positions: torch.Tensor, key_valid: torch.Tensor, opened: torch.Tensor,
                  hidden: torch.Tensor | None = None) -> dict[str, dict[str, int]]:
     """Which rule each wrong pair breaks, with counts: {"causal": {"open": n}, "window": {"open": n,
-    "hidden": m}, ...}, only the rules with errors. `opened`, `hidden`: [B, H, Sq, Sk] pairs wrongly
+    "hidden": m}, ...}, only the rules with errors. positions [B, Sq] of the queries, key_positions and
+    key_valid [B, Sk] of the keys (a batch's key axis). `opened`, `hidden`: [B, H, Sq, Sk] pairs wrongly
     open / wrongly masked (masked by the oracle, i.e. by some rule / visible to the oracle).
 
     An opened pair is classified by its key alone, which needs no window size: a padding key breaks
@@ -40,8 +41,8 @@ def broken_rules(positions: torch.Tensor, valid: torch.Tensor, opened: torch.Ten
     masked by the window. A hidden pair is visible to the oracle, so its key is real, not later and
     inside any window: hiding the query's own key is a causal-mask off-by-one, hiding an earlier key a
     window too narrow (or a window on a layer without one)."""
-    qp, kp = positions[:, None, :, None], positions[:, None, None, :]
-    pad = ~valid[:, None, None, :]
+    qp, kp = positions[:, None, :, None], key_positions[:, None, None, :]
+    pad = ~key_valid[:, None, None, :]
     later = kp > qp
     counts = {
         ("padding", "open"): opened & pad,

@@ -17,7 +17,7 @@ def region(stage: str, batch: Batch, oracle: torch.Tensor) -> torch.Tensor:
     if stage == "scores":  # visible keys only: masked entries may be -inf or the dtype's min
         return (rows[:, None, :, None] & torch.isfinite(oracle)).expand(oracle.shape)
     if stage == "probs":  # every real key (masked ones must be 0) plus the sink column
-        keys = torch.cat([batch.valid, torch.ones_like(batch.valid[:, :1])], dim=1)
+        keys = torch.cat([batch.key_valid, torch.ones_like(batch.valid[:, :1])], dim=1)
         return (rows[:, None, :, None] & keys[:, None, None, :]).expand(oracle.shape)
     shape = rows.shape + (1,) * (oracle.dim() - 2)
     return rows.view(shape).expand(oracle.shape)

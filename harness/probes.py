@@ -9,19 +9,23 @@ same bits) and changes only values a correct block must ignore:
   are exactly 0, by the values they read, and 0 x NaN is NaN; so these two only bind candidates that
   claim never to read masked memory (`skips_masked_memory = True`, flash/NKI-style kernels) or runs
   with strict probes. They are always reported.
+A from_cache batch's prefix is in its cache, so there the probes perturb the cache: cache_padding (its
+unused slots), cache_outside_window (on sliding layers, the keys and values every judged query's
+window excludes: a window too wide reads them) and their NaN versions; causality replaces the
+generated tokens after the first and judges the first.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
 from harness.batch import Batch, BlockSpec
 from harness.seeds import generator
 
-BINDING = ("padding", "causality")
-STRICT = ("nan_padding", "nan_outside_window")
+BINDING = ("padding", "causality", "cache_padding", "cache_outside_window")
+STRICT = ("nan_padding", "nan_outside_window", "nan_cache_padding", "nan_cache_outside_window")
 
 
 @dataclass
@@ -36,21 +40,43 @@ def _noise(batch: Batch, tag: str) -> torch.Tensor:
     return (torch.randn(batch.hidden.shape, generator=g) * 3).to(batch.hidden.dtype)
 
 
-def build_probes(spec: BlockSpec, batch: Batch) -> list[Probe]:
+def _cache_probes(spec: BlockSpec, batch: Batch) -> list[Probe]:
+    cache = batch.cache
+    regions = {"cache_padding": ~cache.valid}
+    if spec.window:
+        first_judged = torch.where(batch.compare, batch.positions, torch.iinfo(torch.long).max).amin(dim=1, keepdim=True)
+        regions["cache_outside_window"] = cache.valid & (torch.arange(cache.slots)[None, :] <= first_judged - spec.window)
     probes = []
+    for name, where in regions.items():
+        if not where.any():
+            continue
+        w = where[:, :, None, None]
+        g = generator("probe-cache", len(name))
+        noise = (torch.randn(cache.k_rope.shape, generator=g) * 3).to(cache.k_rope.dtype)
+        nan = torch.full_like(cache.k_rope, float("nan"))
+        for label, fill in ((name, noise), (f"nan_{name}", nan)):
+            changed = cache.with_values(torch.where(w, fill, cache.k_rope), torch.where(w, fill, cache.v))
+            probes.append(Probe(label, replace(batch, cache=changed), batch.compare))
+    return probes
+
+
+def build_probes(spec: BlockSpec, batch: Batch) -> list[Probe]:
+    probes = _cache_probes(spec, batch) if batch.cache is not None else []
     pads = ~batch.valid
     if pads.any():
         probes.append(Probe("padding", batch.with_hidden(torch.where(pads[..., None], _noise(batch, "pad"), batch.hidden)), batch.compare))
         nan = torch.full_like(batch.hidden, float("nan"))
         probes.append(Probe("nan_padding", batch.with_hidden(torch.where(pads[..., None], nan, batch.hidden)), batch.compare))
-    # causality: replace each row's last third; judge the rows before the cut
-    cut = torch.tensor([max(1, (2 * n) // 3) for n in batch.lengths])[:, None]
+    # causality: replace each row's last third (of a from_cache batch: every generated token but the
+    # first); judge the rows before the cut
+    cut = torch.tensor([batch.first_position(r) + 1 if batch.cache is not None else max(1, (2 * n) // 3)
+                        for r, n in enumerate(batch.lengths)])[:, None]
     later = batch.valid & (batch.positions >= cut)
     if later.any():
         hidden = torch.where(later[..., None], _noise(batch, "later"), batch.hidden)
         probes.append(Probe("causality", batch.with_hidden(hidden), batch.compare & batch.valid & ~later))
     # NaN in tokens outside every judged query's window (sliding layers only)
-    if spec.window:
+    if spec.window and batch.cache is None:
         first_judged = torch.where(batch.compare, batch.positions, torch.iinfo(torch.long).max).amin(dim=1, keepdim=True)
         outside = batch.valid & (batch.positions <= first_judged - spec.window) & (first_judged >= spec.window)
         if outside.any():

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from harness.batch import Batch, BlockSpec
-from harness.candidates import Candidate, CandidateResult, CandidateUnsupported, normalise_result
+from harness.candidates import Candidate, CandidateResult, CandidateUnsupported, accepts_cache, normalise_result
 from harness.case import Case
 from harness.compare import Bounds, Divergence, Verdict, compare
 from harness.expected import Expected, ExpectedFn, compute_expected, next_input
@@ -30,6 +30,9 @@ class CandidateFailure:
 def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch, **kwargs) -> CandidateResult | CandidateFailure:
     """The candidate's result, or what went wrong in it (a crash is a verdict, not ours), within the
     candidate's time limit (harness/timelimit.py). `kwargs` go to run() (e.g. feed)."""
+    if batch.cache is not None and not accepts_cache(candidate):
+        return CandidateFailure("unsupported", f"candidate {candidate.name} does not accept a KV cache (plan from_cache); "
+                                "a candidate that can declares accepts_cache = True (harness/candidates/protocol.py)", "")
     seconds = limit_for(candidate)
     try:
         with torch.no_grad(), time_limit(seconds, f"candidate {candidate.name}"):

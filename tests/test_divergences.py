@@ -134,9 +134,9 @@ def test_broken_rules_classifies_each_kind_of_pair():
     opened[0, 0, 1, 3] = True  # padding
     hidden[0, 0, 2, 2] = True  # the query's own key
     hidden[0, 0, 2, 1] = hidden[0, 0, 1, 0] = True  # earlier keys
-    assert broken_rules(positions, valid, opened, hidden) == {
+    assert broken_rules(positions, positions, valid, opened, hidden) == {
         "causal": {"open": 2, "hidden": 1}, "window": {"open": 1, "hidden": 2}, "padding": {"open": 1}}
-    assert broken_rules(positions, valid, pairs) == {}
+    assert broken_rules(positions, positions, valid, pairs) == {}
 
 
 def test_an_operation_counts_once(diagnosed):

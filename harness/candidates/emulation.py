@@ -6,6 +6,11 @@ them out. Each knob reproduces one real bug class (see notes/semantics.md) or on
 numerical variant; the self-test's mutants and benign variants are named knob settings
 (harness/mutants.py). `feed` lets the harness enter the pipeline at any stage with tensors of its
 own (the oracle's), so a propagated error cannot hide the true first divergence.
+
+It accepts a KV cache (plan from_cache, harness/batch.py: CachedPrefix): the cache's keys and values
+come before the batch's own on the key axis, and only the batch's tokens are projected. Attention
+reads each kv head where it is (query heads grouped by the kv head they use), so a 131,072-key cache
+is never copied per query head.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ CHOICES = {
     "softmax": ("model", "float32", "max_subtracted"),
     "projections": ("fused", "separate"),
     "out_accumulate": ("model", "float32"),
+    "position_dtype": ("int64", "int16"),
 }
 
 
@@ -50,6 +56,10 @@ class Knobs:
     flatten_batch: bool = False  # batch rows concatenated into one sequence
     mask_padding: bool = True
     scale: str = "divide"  # scores / sqrt(d); "multiply": scores * sqrt(d)
+    # bugs of long contexts, invisible below position 4096 (or 32768)
+    rope_table: int = 0  # RoPE tables precomputed for this many positions, indexed modulo it (0: every position)
+    full_cache: int = 0  # full-attention layers keep only the last this many keys (0: all of them)
+    position_dtype: str = "int64"  # "int16": position ids stored in 16 bits wrap past 32767
     # numerics: every value is a correct implementation
     softmax: str = "model"  # in the model dtype; "float32"; "max_subtracted" (row max removed in model dtype, HF eager)
     projections: str = "fused"  # one qkv matmul, or q, k and v separately
@@ -68,6 +78,7 @@ class Knobs:
 def rope_positions(batch: Batch, mode: str) -> torch.Tensor:
     if mode == "absolute":
         return batch.positions
+    # "step": every plan step's tokens from 0 (a from_cache step starts after the cache)
     relative = batch.positions.clone()
     for step in batch.steps:
         for row, (start, stop) in enumerate(step):
@@ -101,6 +112,8 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
 class EmulatedBlock:
     """The `emulation` candidate. Also exposes stage entry: run(..., feed={stage: tensor})."""
 
+    accepts_cache = True  # runs from_cache plans (harness/candidates/protocol.py)
+
     def __init__(self, knobs: Knobs | None = None, name: str = "emulation", buckets=None, **changes):
         self.knobs = replace(knobs or Knobs(), **changes)
         self.name = name
@@ -111,7 +124,7 @@ class EmulatedBlock:
     def run(self, spec: BlockSpec, batch: Batch, *, taps: bool = False, feed: dict | None = None) -> CandidateResult:
         if self.buckets and batch.hidden.shape[1] not in self.buckets:
             raise ValueError(f"no compiled bucket for padded length {batch.hidden.shape[1]}; buckets are {self.buckets}")
-        if self.knobs.flatten_batch and batch.valid.shape[0] > 1:
+        if self.knobs.flatten_batch and batch.valid.shape[0] > 1 and batch.cache is None:
             return self._run_flattened(spec, batch, taps)
         t = self._stages(spec, batch, feed or {})
         output = t.pop("output")
@@ -170,23 +183,32 @@ class EmulatedBlock:
         key = stage("k", parts["k"].reshape(b, s, hkv, d))
         v = stage("v", parts["v"].reshape(b, s, hkv, d))
 
-        cos, sin = rope_tables(spec, rope_positions(batch, k.positions), k.rope)
+        positions = rope_positions(batch, k.positions)
+        if k.position_dtype == "int16":
+            positions = positions.to(torch.int16).long()
+        if k.rope_table:
+            positions = positions % k.rope_table
+        cos, sin = rope_tables(spec, positions, k.rope)
         q_rope = stage("q_rope", rotate(q, cos, sin))
         k_rope = stage("k_rope", rotate(key, cos, sin))
+        keys, values = k_rope, v
+        if batch.cache is not None:  # the cache's keys first, then the batch's own (the batch's key axis)
+            keys = torch.cat((batch.cache.k_rope.to(dt), k_rope), dim=1)
+            values = torch.cat((batch.cache.v.to(dt), v), dim=1)
 
         kv_of_head = torch.arange(hq) // q_mult if k.gqa == "interleave" else torch.arange(hq) % hkv
         sliding = {"even": spec.layer_idx % 2 == 0, "odd": spec.layer_idx % 2 == 1, "none": False}[k.window_layers]
-        window = c.sliding_window + k.window_delta if sliding else 0
-        key_valid = batch.valid if k.mask_padding else torch.ones_like(batch.valid)
-        keep = visible_keys(batch.positions, batch.positions, key_valid, window)
+        window = c.sliding_window + k.window_delta if sliding else (k.full_cache or 0)
+        key_valid = batch.key_valid if k.mask_padding else torch.ones_like(batch.key_valid)
+        keep = visible_keys(batch.positions, batch.key_positions, key_valid, window)
         if not k.causal:
-            keep = key_valid[:, None, :].expand(b, s, s)
+            keep = key_valid[:, None, :].expand(b, s, -1)
         sinks = {
             "normal": w["sinks"], "zero": torch.zeros_like(w["sinks"]), "reversed": w["sinks"].flip(0),
             "per_kv": w["sinks"][:hkv][kv_of_head], "dropped": torch.full_like(w["sinks"], -float("inf")),
         }[k.sinks]
         scale = d**-0.5 if k.scale == "divide" else math.sqrt(d)
-        attn = self.attention(q_rope, k_rope[:, :, kv_of_head], v[:, :, kv_of_head], keep, sinks, scale, stage)
+        attn = self.attention(q_rope, keys, values, kv_of_head, keep, sinks, scale, stage)
         flat = attn.reshape(b, s, hq * d)
         if k.out_accumulate == "float32":
             projected = torch.nn.functional.linear(flat.float(), w["out.weight"].float(), w["out.bias"].float()).to(dt)
@@ -196,11 +218,13 @@ class EmulatedBlock:
         stage("output", x + projected if k.residual else projected)
         return out
 
-    def attention(self, q, k, v, keep, sinks, scale, stage):
-        """q, k, v [B, S, Hq, d] (k, v already mapped to query heads); keep [B, Sq, Sk]; sinks [Hq].
-        Dense: materialise scores and probabilities, as the reference does. Returns attn [B, S, Hq, d]."""
-        knobs, (b, s, hq, _) = self.knobs, q.shape
-        scores = torch.einsum("bqhd,bkhd->bhqk", q, k) * scale
+    def attention(self, q, k, v, kv_of_head, keep, sinks, scale, stage):
+        """q [B, S, Hq, d]; k, v [B, K, Hkv, d] (the key axis); query head h reads kv head kv_of_head[h];
+        keep [B, S, K]; sinks [Hq]. Dense: materialise scores and probabilities, as the reference does.
+        Returns attn [B, S, Hq, d]."""
+        knobs, (b, s, hq, d) = self.knobs, q.shape
+        order, inverse, grouped = group_heads(kv_of_head, k.shape[2])
+        scores = torch.einsum("bqgmd,bkgd->bgmqk", grouped(q), k).reshape(b, hq, s, -1)[:, inverse] * scale
         scores = stage("scores", scores.masked_fill(~keep[:, None], -float("inf")))
         logits = torch.cat([scores, sinks[None, :, None, None].expand(b, hq, s, 1)], dim=-1)
         if knobs.softmax == "float32":
@@ -210,4 +234,19 @@ class EmulatedBlock:
         else:
             probs = torch.softmax(logits, dim=-1)
         probs = stage("probs", probs)
-        return stage("attn", torch.einsum("bhqk,bkhd->bqhd", probs[..., :-1], v))
+        p = probs[:, order, :, :-1].reshape(b, k.shape[2], -1, s, k.shape[1])
+        attn = torch.einsum("bgmqk,bkgd->bqgmd", p, v).reshape(b, s, hq, d)[:, :, inverse]
+        return stage("attn", attn)
+
+
+def group_heads(kv_of_head: torch.Tensor, kv_heads: int):
+    """Query heads ordered by the kv head they read: (order, its inverse, and a function viewing a
+    [B, S, Hq, d] tensor as [B, S, Hkv, q_mult, d] in that order). Every kv head serves q_mult heads."""
+    order = torch.argsort(kv_of_head, stable=True)
+    inverse = torch.argsort(order)
+
+    def grouped(t: torch.Tensor) -> torch.Tensor:
+        b, s, hq, d = t.shape
+        return t[:, :, order].reshape(b, s, kv_heads, hq // kv_heads, d)
+
+    return order, inverse, grouped

@@ -21,8 +21,9 @@ class FlashBlock(EmulatedBlock):
         super().__init__(name=name, **changes)
         self.q_tile, self.k_tile = q_tile, k_tile
 
-    def attention(self, q, k, v, keep, sinks, scale, stage):
+    def attention(self, q, k, v, kv_of_head, keep, sinks, scale, stage):
         b, s, hq, d = q.shape
+        n_keys = k.shape[1]
         out = torch.zeros(b, s, hq, d, dtype=torch.float32)
         for q0 in range(0, s, self.q_tile):
             qt = q[:, q0 : q0 + self.q_tile].float()  # [B, tq, H, d]
@@ -30,17 +31,19 @@ class FlashBlock(EmulatedBlock):
             m = sinks.float()[None, :, None].expand(b, hq, tq).clone()  # running max, starting at the sink
             l = torch.ones(b, hq, tq)  # running denominator: exp(sink - m) = 1
             acc = torch.zeros(b, hq, tq, d)
-            for k0 in range(0, s, self.k_tile):
+            for k0 in range(0, n_keys, self.k_tile):
                 visible = keep[:, q0 : q0 + tq, k0 : k0 + self.k_tile]  # [B, tq, tk]
                 if not visible.any():
                     continue  # a kernel never reads a tile nothing can see
-                st = torch.einsum("bqhd,bkhd->bhqk", qt, k[:, k0 : k0 + self.k_tile].float()) * scale
+                kt = k[:, k0 : k0 + self.k_tile][:, :, kv_of_head].float()  # this tile's keys per query head
+                st = torch.einsum("bqhd,bkhd->bhqk", qt, kt) * scale
                 st = st.masked_fill(~visible[:, None], -float("inf"))
                 m_new = torch.maximum(m, st.amax(dim=-1))
                 correction = torch.exp(m - m_new)
                 p = torch.exp(st - m_new[..., None])
                 l = l * correction + p.sum(dim=-1)
-                acc = acc * correction[..., None] + torch.einsum("bhqk,bkhd->bhqd", p, v[:, k0 : k0 + self.k_tile].float())
+                vt = v[:, k0 : k0 + self.k_tile][:, :, kv_of_head].float()
+                acc = acc * correction[..., None] + torch.einsum("bhqk,bkhd->bhqd", p, vt)
                 m = m_new
             out[:, q0 : q0 + tq] = (acc / l[..., None]).permute(0, 2, 1, 3)
         return stage("attn", out.to(q.dtype))

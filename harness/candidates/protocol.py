@@ -8,6 +8,7 @@ from typing import Callable, Protocol, runtime_checkable
 import torch
 
 from harness.batch import Batch, BlockSpec
+from harness.case import PLANS, TOKEN_PLANS
 
 
 @dataclass
@@ -25,9 +26,30 @@ class CandidateUnsupported(Exception):
 
 @runtime_checkable
 class Candidate(Protocol):
+    """Optional attributes a candidate may declare:
+    - plans: the plans it can run (default: every plan that hands it all tokens, TOKEN_PLANS);
+    - accepts_cache = True: it runs from_cache plans, whose batch carries `cache` (harness/batch.py:
+      CachedPrefix, the reference's k_rope and v of every earlier position, [B, C, Hkv, d] in the case's
+      dtype, slot j holding position j) and only the tokens to generate, at their absolute positions.
+      Its keys come before the batch's own on the key axis (Batch.key_positions / key_valid), and score
+      taps span that axis. A candidate that does not declare it is never drawn such cases, and one that
+      is handed one anyway is reported `unsupported`;
+    - buckets: the padded lengths it was compiled for (cases are drawn inside them)."""
+
     name: str
 
     def run(self, spec: BlockSpec, batch: Batch, *, taps: bool) -> CandidateResult: ...
+
+
+def accepts_cache(candidate) -> bool:
+    return bool(getattr(candidate, "accepts_cache", False))
+
+
+def supported_plans(candidate) -> tuple[str, ...]:
+    """The plans to draw for a candidate: its declared `plans` (default TOKEN_PLANS), with from_cache
+    exactly when it accepts a cache."""
+    plans = tuple(p for p in getattr(candidate, "plans", TOKEN_PLANS) if p != "from_cache")
+    return tuple(p for p in PLANS if p in plans or (p == "from_cache" and accepts_cache(candidate)))
 
 
 class FunctionCandidate:

@@ -9,6 +9,7 @@ from harness.produce import run_reference
 
 class ReferenceCandidate:
     name = "reference"
+    accepts_cache = True  # the cache is the reference's own keys and values
 
     def run(self, spec: BlockSpec, batch: Batch, *, taps: bool) -> CandidateResult:
         result = run_reference(spec, batch, taps=taps)

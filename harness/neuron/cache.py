@@ -62,8 +62,9 @@ class KVCache:
         self.k[:, :, :n] = k
         self.v[:, :, :n] = v
 
-    def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor) -> None:
-        """After a token-generation step: the step's keys [B, kv, q, d] at their slots (real tokens only)."""
+    def write(self, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, valid: torch.Tensor, row: int = 0) -> None:
+        """After a token-generation step: the step's keys [B, kv, q, d] at their slots (real tokens only).
+        `row`: the cache row of the first of the B rows given (one row's keys written alone)."""
         if self.ring is None:
             slots = positions
         else:
@@ -71,6 +72,6 @@ class KVCache:
         if bool((slots[valid] >= self.slots).any()):
             raise ValueError(f"position {int(positions[valid].max())} does not fit a cache of {self.slots} slots: "
                              "the token-generation bucket is too small")
-        for row, col in valid.nonzero().tolist():
-            self.k[row, :, slots[row, col]] = k[row, :, col]
-            self.v[row, :, slots[row, col]] = v[row, :, col]
+        for r, col in valid.nonzero().tolist():
+            self.k[row + r, :, slots[r, col]] = k[r, :, col]
+            self.v[row + r, :, slots[r, col]] = v[r, :, col]

@@ -72,7 +72,10 @@ def configured_buckets() -> Buckets:
 
 
 class NeuronCandidate:
-    plans = ("prefill", "decode", "chunked")
+    plans = ("prefill", "decode", "chunked", "from_cache")
+    # from_cache: the driver writes the given cache into the caller's KV cache and runs token generation,
+    # which NxDI's module takes as past_key_value (harness/neuron/driver.py)
+    accepts_cache = True
 
     def __init__(self, kind: str = "neuron", class_path: str | None = None, name: str | None = None,
                  buckets: Buckets | None = None, bugs: Bugs = Bugs()):

@@ -3,7 +3,9 @@ candidate and the emulation alike (pure torch; the layer it calls may run eagerl
 
 - prefill: one context-encoding call (CTE). decode: CTE of each row's prefix, then one token-generation
   call (TKG) per step. chunked: CTE of the first chunk, then one TKG call with the rest of each row
-  (several tokens per step, as speculation runs).
+  (several tokens per step, as speculation runs). from_cache: no CTE; the batch's cache is written into
+  the caller's KV cache as NxDI's cache manager would hold it after serving the prefix (slot = position
+  on full layers, the last W-1 positions at pos % (W-1) on sliding ones), then one TKG call per token.
 - buckets: NxDI pads each phase to the first bucket larger than the input (the largest bucket when
   the input fills it exactly; models/model_wrapper.py); padding is on the right and its tokens get
   position 1. The batch is padded to a batch bucket with one-token rows, a step's tokens to a power of
@@ -23,6 +25,7 @@ candidate and the emulation alike (pure torch; the layer it calls may run eagerl
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -36,7 +39,10 @@ from harness.stages import score_taps_fit
 
 POWERS_OF_TWO = tuple(2**i for i in range(18))
 POISON = 64.0  # scale of the values in memory that must never be read
+POISON_BLOCK = 1 << 16  # deviates drawn once and tiled: a 131,072-slot cache is poisoned in milliseconds
 DEFAULT_BUCKETS = (128, 256, 512, 1024, 2048, 4096, 8192)
+# cache lengths of full layers: up to gpt-oss's context, for from_cache plans at long positions
+DEFAULT_GENERATION = DEFAULT_BUCKETS + (16384, 32768, 65536, 131072)
 
 
 class BucketError(ValueError):
@@ -53,7 +59,7 @@ class Buckets:
     NxDI's context encoding hands over the last W-1 keys and fails on a shorter context."""
 
     context: tuple[int, ...] = DEFAULT_BUCKETS
-    generation: tuple[int, ...] = DEFAULT_BUCKETS  # cache length of full layers (max_length)
+    generation: tuple[int, ...] = DEFAULT_GENERATION  # cache length of full layers (max_length)
     batch: tuple[int, ...] = (1, 2, 4)
 
     @classmethod
@@ -87,7 +93,9 @@ def pick(buckets: tuple[int, ...], n: int, what: str) -> int:
 
 
 def poison(*shape: int, dtype: torch.dtype) -> torch.Tensor:
-    return (normal(generator("neuron-poison", *shape), *shape) * POISON).to(dtype)
+    n = math.prod(shape)
+    block = normal(generator("neuron-poison", min(n, POISON_BLOCK)), min(n, POISON_BLOCK)) * POISON
+    return block.to(dtype).repeat(-(-n // len(block)))[:n].reshape(shape)
 
 
 def at_least(sizes: tuple[int, ...], n: int, what: str) -> int:
@@ -133,19 +141,28 @@ class Driver:
         out.update({name: torch.full((b, s, self.kv_heads, self.head_dim), float("nan"), dtype=dt) for name in ("k_rope", "v")})
         slots = [batch.slots(r) for r in range(b)]  # slot of each position, per row
         keep = getattr(self.layer, "keep_internals", None)
-        self.internal = bool(keep) and keep(score_taps_fit(b, self.heads, s))
+        keys = batch.cached + s
+        self.internal = bool(keep) and keep(score_taps_fit(b, self.heads, s, keys))
         if self.internal:
             for name, heads in (("q", self.heads), ("k", self.kv_heads), ("q_rope", self.heads), ("attn", self.heads)):
                 out[name] = torch.full((b, s, heads, self.head_dim), float("nan"), dtype=dt)
                 seen[name] = torch.zeros(b, s, dtype=torch.bool)
-            out["scores"] = torch.full((b, self.heads, s, s), -float("inf"), dtype=dt)
-            out["probs"] = torch.zeros((b, self.heads, s, s + 1), dtype=dt)
+            out["scores"] = torch.full((b, self.heads, s, keys), -float("inf"), dtype=dt)
+            out["probs"] = torch.zeros((b, self.heads, s, keys + 1), dtype=dt)
             seen["scores"] = seen["probs"] = torch.zeros(b, s, dtype=torch.bool)
         self.out, self.seen, self.slots = out, seen, slots
 
         def record(name, row, positions, values):
-            out[name][row, slots[row][positions]] = values.to(dt)
-            seen[name][row, slots[row][positions]] = True
+            at = slots[row][positions - batch.first_position(row)]
+            out[name][row, at] = values.to(dt)
+            seen[name][row, at] = True
+
+        if batch.cache is not None:
+            info = {"buckets": {"batch": rows}, "steps": []}
+            cache = self._cache_from(batch, rows, info)
+            for step in batch.steps:
+                self._generate(batch, step, rows, 0, cache, info, record)
+            return self._finish(batch, out, seen, info)
 
         # context encoding: positions [0, n0) of every row, right-padded to the context bucket
         n0 = [stop for (_, stop) in batch.steps[0]]
@@ -195,21 +212,51 @@ class Driver:
             cache.fill_prefix(k, v)
             for step in later:
                 self._generate(batch, step, rows, length, cache, info, record)
+        return self._finish(batch, out, seen, info)
+
+    @staticmethod
+    def _finish(batch, out, seen, info):
         taps = {name: t for name, t in out.items() if bool(seen[name][batch.compare].all())}
         output = taps.pop("output")
         return output, taps, info
+
+    def _cache_from(self, batch: Batch, rows: int, info: dict) -> KVCache:
+        """The caller's KV cache after serving each row's cached prefix (plan from_cache)."""
+        given, dt = batch.cache, self.spec.dtype
+        total = max(stop for step in batch.steps for (_, stop) in step)
+        if self.window:
+            ring = self.window - 1  # NxDI 2.29's sliding ring (its context encoding hands over W-1 keys)
+            cache = KVCache(rows, self.kv_heads, self.head_dim, round_up(ring), dt, ring, self.window, self.bugs)
+            cache.k.copy_(poison(*cache.k.shape, dtype=dt))
+            cache.v.copy_(poison(*cache.v.shape, dtype=dt) * 0.5)
+            for r, n in enumerate(given.lengths):  # written as generation steps wrote them: pos % ring
+                p = torch.arange(max(0, n - ring), n)
+                cache.write(given.k_rope[r : r + 1, p].transpose(1, 2), given.v[r : r + 1, p].transpose(1, 2),
+                            p[None], torch.ones(1, len(p), dtype=torch.bool), row=r)
+            return cache
+        size = pick(self.buckets.generation, total, "a sequence (the cache) of tokens")
+        info["buckets"]["generation"] = size
+        cache = KVCache(rows, self.kv_heads, self.head_dim, size, dt)
+        for r in range(rows):
+            n = given.lengths[r] if r < len(given.lengths) else 0
+            cache.k[r, :, n:] = poison(self.kv_heads, size - n, self.head_dim, dtype=dt)
+            cache.v[r, :, n:] = poison(self.kv_heads, size - n, self.head_dim, dtype=dt) * 0.5
+            if n:
+                cache.k[r, :, :n] = given.k_rope[r, :n].transpose(0, 1)
+                cache.v[r, :, :n] = given.v[r, :n].transpose(0, 1)
+        return cache
 
     def _record_internals(self, row: int, positions: torch.Tensor, queries: torch.Tensor, keys: torch.Tensor) -> None:
         """Place the layer's internals for one row of the last call: `queries` index its query axis
         (at `positions`), `keys` give the position each entry of its key axis holds (-1: none)."""
         got = self.layer.internals()
         dt, out, seen, slots = self.spec.dtype, self.out, self.seen, self.slots[row]
-        q_slots = slots[positions]
+        q_slots = slots[positions - self.batch.first_position(row)]
         for name in ("q", "k", "q_rope", "attn"):
             out[name][row, q_slots] = got[name][row][:, queries].transpose(0, 1).to(dt)
             seen[name][row, q_slots] = True
         real = (keys >= 0).nonzero().squeeze(1)
-        k_slots = slots[keys[real]]
+        k_slots = self.batch.key_index(row, keys[real])
         scores = got["scores"][row][:, queries]  # [H, q, keys]
         probs = got["probs"][row][:, queries]
         out["scores"][row][:, q_slots[:, None], k_slots[None, :]] = scores[:, :, real].to(dt)
@@ -223,11 +270,12 @@ class Driver:
         if row >= self.batch.valid.shape[0]:
             return
         slots, compare = self.batch.slots(row), self.batch.compare[row]
+        first = self.batch.first_position(row)
         for name, store in (("k_rope", cache.k), ("v", cache.v)):
             if name not in self.feed:
                 continue
-            for s in (held >= 0).nonzero().squeeze(1).tolist():
-                slot = slots[held[s]]
+            for s in (held >= first).nonzero().squeeze(1).tolist():  # a cached prefix is never judged
+                slot = slots[held[s] - first]
                 if compare[slot]:
                     store[row, :, s] = self.feed[name][row, slot].to(store.dtype)
 
@@ -242,7 +290,7 @@ class Driver:
         slot = torch.zeros(rows, count, dtype=torch.long)
         for r in range(b):
             real = tokens[r] >= 0
-            slot[r, real] = batch.slots(r)[tokens[r, real]]
+            slot[r, real] = batch.slots(r)[tokens[r, real] - batch.first_position(r)]
             where[r, real] = batch.compare[r, slot[r, real]]
         fed: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         for stage, value in self.feed.items():
@@ -257,7 +305,7 @@ class Driver:
                 t = torch.full((rows, value.shape[1], count, width), -float("inf") if stage == "scores" else 0.0, dtype=dt)
                 for r in range(b):
                     known = (keys[r] >= 0).nonzero().squeeze(1)
-                    k_slots = batch.slots(r)[keys[r][known]]
+                    k_slots = batch.key_index(r, keys[r][known])
                     rows_r = value[r][:, slot[r]]  # [H, T, S (+1)]
                     t[r][:, :, known] = rows_r[:, :, k_slots].to(dt)
                     if stage == "probs":
@@ -278,7 +326,8 @@ class Driver:
         x = poison(rows, q, self.hidden, dtype=dt)
         for r, (st, stop) in enumerate(step):
             valid[r, : stop - st] = True
-            x[r, : stop - st] = batch.hidden[r, batch.slots(r)[st:stop]]
+            first = batch.first_position(r)
+            x[r, : stop - st] = batch.hidden[r, batch.slots(r)[st - first : stop - first]]
         mask = generation_mask(pos, start, cache.slots, self.window, cache.ring, self.bugs.expose_last_slot)
         if self.bugs.padding_visible and cache.ring is None:
             mask = mask | (torch.arange(cache.slots) < context_length)[None, None, None, :]

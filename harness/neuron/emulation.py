@@ -144,8 +144,12 @@ class NxdiConventionAttention(torch.nn.Module):
         return torch.cat(out, dim=2)
 
     def _generation(self, q, k, v, past, mask, active_mask, scale, group):
-        k_prior, v_prior = (t.repeat_interleave(group, 1) for t in past)
-        prior = torch.matmul(q, k_prior.transpose(2, 3)) / scale
+        # repeat_kv's grouping (query head h reads kv head h // group) without copying the cache per query
+        # head: a 131,072-slot cache would take 1 GiB per copy
+        b, hq, n, d = q.shape
+        k_prior, v_prior = past
+        qg = q.reshape(b, hq // group, group, n, d)
+        prior = torch.einsum("bgmnd,bgld->bgmnl", qg, k_prior).reshape(b, hq, n, -1) / scale
         prior = torch.where(mask, prior, torch.finfo(prior.dtype).min)
         active = torch.matmul(q, k.repeat_interleave(group, 1).transpose(2, 3)) / scale
         active = torch.where(active_mask, active, torch.finfo(active.dtype).min)
@@ -153,7 +157,7 @@ class NxdiConventionAttention(torch.nn.Module):
             both = self._feed("scores", torch.cat((prior, active), dim=-1)).clamp_min(torch.finfo(prior.dtype).min)
             prior, active = both[..., : prior.shape[-1]], both[..., prior.shape[-1]:]
         active = active.to(torch.float32)
-        b, h, n, _ = prior.shape
+        h = hq
         prior = torch.cat((prior, self.tkg_learned_sinks.sink.reshape(1, h, 1, 1).expand(b, h, n, 1)), dim=-1)
         top = torch.maximum(prior.amax(-1, keepdim=True), active.amax(-1, keepdim=True))
         e_prior, e_active = torch.exp(prior - top), torch.exp(active - top)
@@ -166,4 +170,6 @@ class NxdiConventionAttention(torch.nn.Module):
         if self.keep_internals:  # keys: the cache's slots, then the step's own; probabilities: the sink last
             self.recorded["scores"] = torch.cat((prior[..., :-1], active.to(prior.dtype)), dim=-1)
             self.recorded["probs"] = torch.cat((p_prior[..., :-1], p_active, p_prior[..., -1:]), dim=-1)
-        return torch.matmul(p_prior[..., :-1], v_prior) + torch.matmul(p_active, v.repeat_interleave(group, 1))
+        p_cached = p_prior[..., :-1].reshape(b, hq // group, group, n, -1)
+        cached = torch.einsum("bgmnl,bgld->bgmnd", p_cached, v_prior).reshape(b, hq, n, d)
+        return cached + torch.matmul(p_active, v.repeat_interleave(group, 1))

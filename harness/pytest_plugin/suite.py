@@ -13,7 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from harness.case import PLANS, curated_cases
+from harness.candidates import supported_plans
+from harness.case import curated_cases
 from harness.goldens import GoldenStore
 from harness.strategies import cases, stack_cases
 from harness.sweep import default_cases
@@ -24,7 +25,7 @@ from harness.sweep import default_cases
 @given(data=st.data())
 def test_generated_cases(candidate_name, parity, data):
     candidate = parity.load(candidate_name)
-    case = data.draw(cases(buckets=getattr(candidate, "buckets", None), plans=getattr(candidate, "plans", PLANS)),
+    case = data.draw(cases(buckets=getattr(candidate, "buckets", None), plans=supported_plans(candidate)),
                      label="case")
     parity.check(case, candidate_name, candidate=candidate)
 
