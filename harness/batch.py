@@ -38,6 +38,7 @@ class CachedPrefix:
     k_rope: torch.Tensor
     v: torch.Tensor
     lengths: tuple[int, ...]
+    inputs_sha256: str = ""  # of the prefix's inputs, as the prefix pass generated them (goldens check it)
 
     @property
     def slots(self) -> int:
@@ -218,9 +219,9 @@ def make_batch(case: Case, spec: BlockSpec, cache: CachedPrefix | None = None) -
     computed here in one chunked pass over the inputs (harness/prefix.py) unless `cache` is given."""
     config = spec.config
     if case.plan == "from_cache" and cache is None:
-        from harness.prefix import prefix_pass
+        from harness.prefix import cache_for
 
-        cache = prefix_pass(case, spec, oracle=False).cache
+        cache = cache_for(case, spec)
     first = [n - k for n, k in zip(case.lengths, new_tokens(case))]
     seqs = [input_tokens(case, config, row, a, n) for row, (a, n) in enumerate(zip(first, case.lengths))]
     b, s = case.batch_size, case.pad_to or max(new_tokens(case))

@@ -270,17 +270,18 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_selftest(args) -> int:
-    from harness.mutants import ALL_MUTANTS, BENIGN, DRIVER_MUTANTS, MULTI_BUG, MUTANTS
+    from harness.mutants import ALL_MUTANTS, BENIGN, DRIVER_MUTANTS, MULTI_BUG, MUTANTS, PLAN_BUG_EXAMPLES, PLAN_BUGS
     from harness.selftest import ABLATIONS, run_selftest
 
     if args.list:
         print("mutants:  " + ", ".join(MUTANTS))
         print("multi-bug mutants: " + ", ".join(MULTI_BUG))
         print("driver mutants (nxdi-emulation): " + ", ".join(DRIVER_MUTANTS))
+        print(f"plan bugs (killed within {PLAN_BUG_EXAMPLES} examples on every seed): " + ", ".join(PLAN_BUGS))
         print("benign:   " + ", ".join(BENIGN))
         print("ablations: " + ", ".join(ABLATIONS))
         return 0
-    for name in ("max_examples", "benign_examples"):
+    for name in ("max_examples", "benign_examples", "seeds"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')} must be at least 1")
     progress = Progress(0)
@@ -293,23 +294,25 @@ def cmd_selftest(args) -> int:
 
     try:
         result = run_selftest(tuple(args.mutant or ALL_MUTANTS), tuple(args.benign or BENIGN), args.max_examples,
-                              args.benign_examples, tuple(args.without or ()), show)
+                              args.benign_examples, tuple(args.without or ()), show, seeds=args.seeds)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     progress.clear()
-    widths = (32, 7, 9, 6, 30, 44)
-    print(row(("mutant", "killed", "examples", "named", "divergent stages", "shrunk case"), widths))
+    widths = (32, 7, 9, 14, 6, 30, 44)
+    print(row(("mutant", "killed", "examples", "by seed (max)", "named", "divergent stages", "shrunk case"), widths))
     for m in result.mutants:
         shrunk = "-"
         if m.shrunk_case:
             c = m.shrunk_case
-            plan = {"decode": f"decode{c['decode_steps']}", "chunked": f"chunk@{c['chunk_offset']}"}.get(c["plan"], "prefill")
+            plan = {"decode": f"decode{c['decode_steps']}", "chunked": f"chunk@{c['chunk_offset']}",
+                    "from_cache": f"from cache x{c['decode_steps']}"}.get(c["plan"], "prefill")
             shrunk = f"layer {c['layer']}, lengths {c['lengths']}, {plan}, {c['padding']} pad, sinks {c['sinks']}"
         name = m.name
         if len(name) > widths[0]:  # a multi-bug mutant's long name gets a line of its own
             print(name)
             name = ""
-        print(row((name, "yes" if m.killed else "NO", m.examples_to_kill or "-", "yes" if m.named else "NO",
+        worst = "-" if m.worst_kill is None else f"{m.worst_kill}{' PLAN BUG, TOO SLOW' if not m.fast_enough else ''}"
+        print(row((name, "yes" if m.killed else "NO", m.examples_to_kill or "-", worst, "yes" if m.named else "NO",
                    ", ".join(m.divergent_stages) or "-", shrunk), widths))
         if m.killed and not m.named:
             print(f"    {m.message.splitlines()[0]}")
@@ -321,6 +324,9 @@ def cmd_selftest(args) -> int:
             for alarm in b.alarms[:3]:
                 print(f"    {alarm}")
     summary = result.to_dict()["summary"]
+    if summary["plan_bugs"]:
+        print(f"\nplan bugs (steps after the first): {summary['plan_bugs_fast']} of {summary['plan_bugs']} killed within "
+              f"{PLAN_BUG_EXAMPLES} examples on each of {summary['seeds']} seed(s); worst {summary['plan_bug_worst_kill']}")
     print(f"\n{summary['killed']} of {summary['mutants']} mutants killed (median {summary['median_examples_to_kill']} "
           f"examples to kill), {summary['named']} with every bug named at its own stage; "
           f"{summary['false_alarms']} false alarms in {summary['benign_examples']} benign examples "
@@ -437,6 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="generated cases each benign variant is run on (default 100)")
     selftest.add_argument("--without", action="append", metavar="ABLATION",
                           help="remove one ingredient of the generators (see --list) to see which mutants then survive")
+    selftest.add_argument("--seeds", type=int, default=1, metavar="N",
+                          help="count examples to kill on N draws: the derandomised one, then hypothesis seeds "
+                               "1..N-1 (default 1); every plan bug must die within 10 examples on each")
     selftest.add_argument("--json", metavar="PATH", help="also write the matrix as JSON")
     selftest.add_argument("--list", action="store_true", help="list mutants, benign variants and ablations")
     selftest.set_defaults(func=cmd_selftest)

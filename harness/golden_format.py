@@ -4,6 +4,9 @@ named tensors for one safetensors file, and back.
 Stored (names are "layer{i}.{producer}.{stage}" and "inputs.hidden"):
 - inputs.hidden: the batch's input [B, S, hidden] in the case's dtype (layer{i}.inputs.hidden for the
   later layers of a teacher-forced stack, whose input is the oracle's previous output).
+- inputs.prefix_sha256 (from_cache plans): the sha256 of the prefix's inputs as 32 uint8, instead of
+  the inputs themselves (a 131,072-token prefix is 755 MB at full dims). The cache handed to the
+  candidate is rebuilt from the seeds by the reference (harness/prefix.py) when the golden is loaded.
 - reference tensors exactly as the reference produced them (the case's dtype, bfloat16 or float32).
 - oracle tensors in float32 for bfloat16 cases (the rounding, 2^-24 relative, is 1/65536 of a bf16
   ulp and far below any bound) and in float64 for float32 cases (stored as computed).
@@ -32,6 +35,8 @@ import torch
 import harness.produce
 import reference.gpt_oss
 import reference.oracle
+import reference.rows
+import harness.prefix
 from harness.batch import Batch
 from harness.expected import Expected
 from harness.weights import tensor_sha256, weights_sha256  # noqa: F401  (goldens use them from here)
@@ -42,8 +47,13 @@ VERSION = 2  # 2: entries record the platform; seeded tensors no longer come fro
 # Elements of one stored probs tensor; larger ones are left out of the golden.
 SCORE_TAP_LIMIT = 1 << 18
 # The code whose output a golden holds (its fingerprint ignores comments and blank lines).
-FINGERPRINTED = (reference.gpt_oss, reference.oracle, harness.produce)
+FINGERPRINTED = (reference.gpt_oss, reference.oracle, reference.rows, harness.produce, harness.prefix)
 QUERY_MAJOR = ("scores", "probs")  # [B, Hq, S, keys]: the query is dim 2
+PREFIX_HASH = "inputs.prefix_sha256"
+
+
+def hash_tensor(hex_digest: str) -> torch.Tensor:
+    return torch.tensor(list(bytes.fromhex(hex_digest)), dtype=torch.uint8)
 FILL = {"scores": -float("inf"), "probs": 0.0}
 
 
@@ -102,6 +112,8 @@ def to_tensors(layers: list[Expected], teacher: bool) -> tuple[dict[str, torch.T
     first = layers[0]
     compare = first.batch.compare
     tensors = {"inputs.hidden": first.batch.hidden.contiguous()}
+    if first.batch.cache is not None:
+        tensors[PREFIX_HASH] = hash_tensor(first.batch.cache.inputs_sha256)
     omitted: set[str] = set()
     for i, e in enumerate(layers):
         if i and teacher:
@@ -218,6 +230,10 @@ def diff_tensors(old: dict[str, torch.Tensor], new: dict[str, torch.Tensor]) -> 
             unit = reference_error(old, name)
             if unit:
                 detail += f", {max_abs / unit:.2g}x the reference's own max error there"
+            if name == PREFIX_HASH:  # another prefix: never platform rounding
+                out.append(TensorDiff(name, "values", "the prefix's inputs changed (their sha256 differs)", n, math.inf,
+                                      False))
+                continue
             if ".oracle." in name:
                 accepted = bool(both.all()) and bool((gap <= 4 * torch.finfo(a.dtype).eps * db[both].abs()).all())
                 if not accepted:

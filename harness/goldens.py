@@ -38,9 +38,9 @@ from harness import cpu
 from harness.batch import layer_specs, make_batch
 from harness.case import CASES_DIR, Case
 from harness.expected import Expected, compute_expected
-from harness.golden_format import (FORMAT, VERSION, TensorDiff, deserialise, diff_tensors, from_tensors,
-                                   header_metadata, oracle_dtype, reference_fingerprint, serialise, stats,
-                                   tensor_sha256, to_tensors, weights_sha256)
+from harness.golden_format import (FORMAT, PREFIX_HASH, VERSION, TensorDiff, deserialise, diff_tensors,
+                                   from_tensors, hash_tensor, header_metadata, oracle_dtype, reference_fingerprint,
+                                   serialise, stats, tensor_sha256, to_tensors, weights_sha256)
 from harness.jsonfile import write_bytes, write_json
 from harness.locations import running_from_checkout
 from harness.repro import safe_name
@@ -307,6 +307,10 @@ class GoldenStore:
         if not torch.equal(stored, batch.hidden):
             raise GoldenStale(f"{where} is stale: the inputs the case's seeds generate today differ from the stored "
                               f"ones (harness/batch.py or torch's generator changed); {fix}")
+        if batch.cache is not None and not torch.equal(tensors.get(PREFIX_HASH, torch.empty(0)),
+                                                       hash_tensor(batch.cache.inputs_sha256)):
+            raise GoldenStale(f"{where} is stale: the inputs of the cached prefix the case's seeds generate today "
+                              f"differ from those it was computed with (their sha256 differs); {fix}")
         return specs, batch
 
     # -- writing -----------------------------------------------------------------------------------

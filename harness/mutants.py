@@ -36,7 +36,20 @@ MUTANTS: dict[str, dict] = {
     "batch_flattened": {"flatten_batch": True},
     "padding_not_masked": {"mask_padding": False},
     "softmax_scale_multiplied": {"scale": "multiply"},
+    # Long-context bugs, invisible below position 4096 (the last one below 32768): a RoPE table sized for
+    # the original context and indexed modulo it; full layers whose KV cache was sized for the original
+    # context and used as a ring, so they forget keys 4096 or more positions back; position ids stored in
+    # 16 bits.
+    "rope_table_wraps_at_4096": {"rope_table": 4096},
+    "full_layers_keep_last_4096": {"full_cache": 4096},
+    "positions_stored_as_int16": {"position_dtype": "int16"},
 }
+
+# Mutants whose bug only long positions reach (drawn as from_cache rows, harness/strategies.py).
+LONG_CONTEXT_MUTANTS = ("rope_table_wraps_at_4096", "full_layers_keep_last_4096", "positions_stored_as_int16")
+# Mutants whose bug only steps after the first reach (decode steps, a second chunk, a step from a cache):
+# each must be killed within PLAN_BUG_EXAMPLES generated examples on every seed the self-test tries.
+PLAN_BUG_EXAMPLES = 10
 
 # Combinations the self-test runs. The last is the port this harness was built for: no causal mask, the
 # pre-attention norm never applied, sinks dropped and no residual, all at once.
@@ -51,6 +64,7 @@ MULTI_BUG: dict[str, tuple[str, ...]] = {"+".join(bugs): bugs for bugs in (
 # conventions broken in the driver the Neuron candidates share (harness/neuron/bugs.py), run through
 # `nxdi-emulation`.
 ALL_MUTANTS = (*MUTANTS, *MULTI_BUG, *DRIVER_MUTANTS)
+PLAN_BUGS = ("decode_positions_ignored", *DRIVER_MUTANTS)
 
 BENIGN: dict[str, Callable[[], object]] = {
     "softmax_float32": lambda: EmulatedBlock(name="benign:softmax_float32", softmax="float32"),

@@ -4,7 +4,9 @@ same comparisons a user gets (harness/strategies.py, harness/runner.py).
 
 Cases are drawn once from the generators (derandomised, as under the `ci` profile) and shared: every
 mutant meets the same sequence, so "examples to kill" is comparable, and each case's oracle and
-reference are computed once. A killed mutant's failing case is shrunk greedily over the case's fields
+reference are computed once. With `seeds` > 1 the generators are also drawn under hypothesis seeds
+1 .. seeds-1, and each mutant's examples to kill is counted on every draw (no shrinking there): a bug
+that only steps after the first reach (PLAN_BUGS) must die within PLAN_BUG_EXAMPLES on every seed. A killed mutant's failing case is shrunk greedily over the case's fields
 (fewer and shorter rows, plain prefill, right padding, simple regimes, seed 0) and the shrunk case is
 diagnosed. Hypothesis's own shrinking serves the pytest runs; here it would keep exploring after the
 first failure at 50 s a mutant. Benign variants run over the first `benign_examples` drawn cases.
@@ -24,17 +26,21 @@ from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
 
 from hypothesis import HealthCheck, given, settings
+from hypothesis import seed as hypothesis_seed
 
-from harness.case import Case
-from harness.expected import Expected, expected_for
-from harness.mutants import ALL_MUTANTS, BENIGN, DRIVER_MUTANTS, bug_classes, mutant_knobs, variant
-from harness.runner import judge
+from harness.case import PLANS, Case
+from harness.compare import Verdict
+from harness.expected import Expected, compute_expected
+from harness.mutants import (ALL_MUTANTS, BENIGN, DRIVER_MUTANTS, PLAN_BUG_EXAMPLES, PLAN_BUGS, bug_classes,
+                             mutant_knobs, variant)
+from harness.runner import run_case
 from harness.stages import STAGES
 from harness.strategies import W, cases
 
 # Each ablation: the generator arguments that remove one ingredient, and the mutants it should let live.
 ABLATIONS: dict[str, tuple[dict, tuple[str, ...]]] = {
     "decode_and_chunked_plans": ({"plans": ("prefill",)}, ("decode_positions_ignored",)),
+    "long_positions_from_a_cache": ({"long_cache": False}, ("rope_table_wraps_at_4096", "full_layers_keep_last_4096")),
     "nonzero_sinks": ({"sinks": ("zero",)}, ("sinks_zeroed", "sinks_wrong_head_order", "sinks_per_kv_head")),
     "batches_with_padding": ({"max_batch": 1}, ("padding_not_masked", "batch_flattened")),
     "rows_past_the_window": ({"max_length": W, "long": False}, ("window_w_plus_1", "no_window", "window_on_odd_layers")),
@@ -55,6 +61,19 @@ class MutantResult:
     bug_stages: dict[str, list[str]] = field(default_factory=dict)
     # one stage per bug class, distinct, and exactly those named together (one stage for a single bug)
     named: bool = False
+    # examples to kill on each seed the self-test drew (the first is `examples_to_kill`; None: survived)
+    kills_by_seed: list = field(default_factory=list)
+    plan_bug: bool = False  # one of PLAN_BUGS: must die within PLAN_BUG_EXAMPLES on every seed
+
+    @property
+    def worst_kill(self) -> int | None:
+        """The most examples it took on any seed (None when it survived one)."""
+        kills = self.kills_by_seed or [self.examples_to_kill]
+        return None if None in kills else max(kills)
+
+    @property
+    def fast_enough(self) -> bool:
+        return not self.plan_bug or (self.worst_kill is not None and self.worst_kill <= PLAN_BUG_EXAMPLES)
 
 
 @dataclass
@@ -71,20 +90,28 @@ class SelftestResult:
     mutants: list[MutantResult]
     benign: list[BenignResult]
 
+    seeds: int = 1
+
     @property
     def ok(self) -> bool:
-        return all(m.killed and m.named for m in self.mutants) and not any(b.false_alarms for b in self.benign)
+        return (all(m.killed and m.named and m.fast_enough for m in self.mutants)
+                and not any(b.false_alarms for b in self.benign))
 
     def to_dict(self) -> dict:
         kills = [m.examples_to_kill for m in self.mutants if m.killed]
+        plan = [m for m in self.mutants if m.plan_bug]
         return {
-            "mutants": [asdict(m) for m in self.mutants],
+            "mutants": [{**asdict(m), "worst_kill": m.worst_kill} for m in self.mutants],
             "benign": [asdict(b) for b in self.benign],
             "summary": {
                 "mutants": len(self.mutants),
                 "killed": len(kills),
                 "named": sum(m.named for m in self.mutants),
                 "median_examples_to_kill": statistics.median(kills) if kills else None,
+                "seeds": self.seeds,
+                "plan_bugs": len(plan),
+                "plan_bugs_fast": sum(m.fast_enough for m in plan),
+                "plan_bug_worst_kill": max((m.worst_kill for m in plan if m.worst_kill is not None), default=None),
                 "benign_examples": sum(b.examples for b in self.benign),
                 "false_alarms": sum(b.false_alarms for b in self.benign),
                 "ok": self.ok,
@@ -93,41 +120,52 @@ class SelftestResult:
 
 
 class ExpectedCache:
-    """Oracle and reference tensors per case: mutants and benign variants meet the same cases."""
+    """Oracle and reference tensors per case (every layer): mutants and benign variants meet the same cases."""
 
     def __init__(self, size: int = 24):
         self.size, self.items = size, OrderedDict()
 
-    def get(self, case: Case) -> Expected:
+    def get(self, case: Case) -> list[Expected]:
         if case in self.items:
             self.items.move_to_end(case)
         else:
-            self.items[case] = expected_for(case)
+            self.items[case] = compute_expected(case)
             if len(self.items) > self.size:
                 self.items.popitem(last=False)
         return self.items[case]
 
 
-def _search_settings(max_examples: int) -> settings:
-    return settings(max_examples=max_examples, derandomize=True, database=None, deadline=None, report_multiple_bugs=False,
-                    suppress_health_check=list(HealthCheck))
+def judge_case(case: Case, candidate, cache: ExpectedCache, isolation: bool = True) -> Verdict:
+    """The candidate's verdict on a case (a block, or a stack layer by layer), expected tensors from `cache`."""
+    layers = cache.get(case)
+    return run_case(case, [candidate], expected=lambda *_: layers, isolation=isolation)[0]
+
+
+def _search_settings(max_examples: int, derandomize: bool = True) -> settings:
+    return settings(max_examples=max_examples, derandomize=derandomize, database=None, deadline=None,
+                    report_multiple_bugs=False, suppress_health_check=list(HealthCheck))
 
 
 def simpler(case: Case):
     """Simpler neighbours of a case, simplest first: fewer rows, plain prefill, right padding, shorter
     rows, layer parity 0/1, simple regimes, seed 0. Invalid combinations are skipped."""
     def variants():
+        if case.depth > 1:  # one layer of the stack, either parity
+            for layer in range(case.layer, case.layer + case.depth):
+                yield {"depth": 1, "stack_mode": "teacher", "layer": layer}
         if case.batch_size > 1:
             for n in sorted(set(case.lengths)):
                 yield {"lengths": (n,), "pad_to": 0}
             yield {"lengths": case.lengths[:-1], "pad_to": 0}
         yield {"plan": "prefill", "decode_steps": 0, "chunk_offset": 0}
+        if case.plan == "from_cache":  # the same positions decoded after a prefill (every token handed over)
+            yield {"plan": "decode"}
         yield {"padding": "right"}
         yield {"layer": case.layer % 2}
         for field_name, simple in (("sinks", "small"), ("scale", "normal"), ("inputs", "normal"),
                                    ("weight_seed", 0), ("input_seed", 0), ("pad_to", 0)):
             yield {field_name: simple}
-        if case.plan == "decode":
+        if case.plan in ("decode", "from_cache"):
             yield {"decode_steps": 1}
         if case.plan == "chunked":
             yield {"chunk_offset": 1}
@@ -173,14 +211,14 @@ def hunt(name: str, drawn: list[Case], cache: "ExpectedCache", hunted: dict | No
     alone = {bug: variant("mutant", bug) for bug in bugs} if len(bugs) > 1 else {name: candidate}
 
     def fails(case: Case, c=candidate) -> bool:
-        return not judge(case, c, cache.get(case), isolation=False).passed
+        return not judge_case(case, c, cache, isolation=False).passed
 
     def reaches_every_bug(case: Case) -> bool:
         return all(fails(case, c) for c in alone.values())
 
     first = next((i for i, case in enumerate(drawn, 1) if fails(case)), None)
     if first is None:
-        return MutantResult(name, False, None, message=f"survived {len(drawn)} examples")
+        return MutantResult(name, False, None, message=f"survived {len(drawn)} examples", plan_bug=name in PLAN_BUGS)
     if len(bugs) == 1:
         start = drawn[first - 1]
     else:
@@ -194,8 +232,8 @@ def hunt(name: str, drawn: list[Case], cache: "ExpectedCache", hunted: dict | No
         if start is None:
             return MutantResult(name, True, first, message=f"no case among {len(drawn)} examples reaches every one of its bugs")
     small = shrink(start, reaches_every_bug)
-    final = judge(small, candidate, cache.get(small))
-    bug_stages = {bug: (final if c is candidate else judge(small, c, cache.get(small))).divergent_stages
+    final = judge_case(small, candidate, cache)
+    bug_stages = {bug: (final if c is candidate else judge_case(small, c, cache)).divergent_stages
                   for bug, c in alone.items()}
     expected = sorted((st[0] for st in bug_stages.values() if len(st) == 1), key=_pipeline_order)
     # divergent stages are distinct, so two bugs naming the same stage can never match
@@ -206,7 +244,7 @@ def hunt(name: str, drawn: list[Case], cache: "ExpectedCache", hunted: dict | No
         message = (f"diagnosis incomplete: named together {', '.join(final.divergent_stages)}; {alone_said}\n"
                    + message)
     result = MutantResult(name, True, first, small.to_dict(), final.first_divergent_stage, message,
-                          final.divergent_stages, bug_stages, named)
+                          final.divergent_stages, bug_stages, named, plan_bug=name in PLAN_BUGS)
     if len(bugs) == 1:
         hunted[name] = result
     return result
@@ -216,16 +254,26 @@ def _pipeline_order(stage: str) -> int:
     return STAGES.index(stage) if stage in STAGES else len(STAGES)
 
 
-def draw_cases(strategy, n: int) -> list[Case]:
+def draw_cases(strategy, n: int, seed: int | None = None) -> list[Case]:
+    """n cases from the strategy: derandomised (as under the `ci` profile), or under a hypothesis seed."""
     drawn: list[Case] = []
 
-    @_search_settings(n)
+    @_search_settings(n, derandomize=seed is None)
     @given(strategy)
     def collect(case):
         drawn.append(case)
 
+    if seed is not None:
+        collect = hypothesis_seed(seed)(collect)
     collect()
     return drawn
+
+
+def examples_to_kill(name: str, drawn: list[Case], cache: ExpectedCache) -> int | None:
+    """The 1-based index of the first drawn case the mutant fails, or None."""
+    candidate = variant("mutant", name)
+    return next((i for i, case in enumerate(drawn, 1) if not judge_case(case, candidate, cache, isolation=False).passed),
+                None)
 
 
 def run_benign(names, drawn: list[Case], cache: ExpectedCache, progress=None) -> list[BenignResult]:
@@ -234,9 +282,8 @@ def run_benign(names, drawn: list[Case], cache: ExpectedCache, progress=None) ->
     for i, case in enumerate(drawn, 1):
         if progress:
             progress(i, len(drawn), f"benign example {case.id}")
-        expected = cache.get(case)
         for name, candidate in candidates.items():
-            v = judge(case, candidate, expected, isolation=False)
+            v = judge_case(case, candidate, cache, isolation=False)
             r = results[name]
             r.examples += 1
             r.worst_ratio = max(r.worst_ratio, v.worst_ratio or 0.0)
@@ -253,12 +300,17 @@ def run_selftest(
     benign_examples: int = 100,
     without: tuple[str, ...] = (),
     progress=None,
+    seeds: int = 1,
 ) -> SelftestResult:
     """`without`: ablation names (ABLATIONS) whose ingredient is removed from the generators.
-    `progress(i, total, what)` is called as step i of total starts (mutants, then benign examples)."""
-    # Rows of 2047-4097 tokens cost seconds per dense candidate run and no bug class here needs them;
-    # `pytest -m parity` still draws them (harness/strategies.py: long=True).
-    kwargs: dict = {"long": False}
+    `progress(i, total, what)` is called as step i of total starts (mutants, then benign examples).
+    `seeds`: draws to count examples to kill on (the derandomised one, then hypothesis seeds 1..)."""
+    # Dense rows of 2047-4097 tokens cost seconds per dense candidate run and no bug class here needs
+    # them; `pytest -m parity` still draws them (harness/strategies.py: long=True). Long positions come
+    # from a cache, which every mutant and benign variant accepts.
+    if seeds < 1:
+        raise ValueError(f"seeds={seeds} must be at least 1")
+    kwargs: dict = {"long": False, "plans": PLANS}
     for name in without:
         if name not in ABLATIONS:
             raise ValueError(f"unknown ablation {name!r}; ablations are: {', '.join(ABLATIONS)}")
@@ -278,4 +330,13 @@ def run_selftest(
         if progress:
             progress(i, len(mutants), f"mutant {name}")
         found.append(hunted[name] if name in hunted else hunt(name, drawn[:max_examples], cache, hunted))
-    return SelftestResult(found, run_benign(benign, drawn[:benign_examples], cache, progress) if benign else [])
+    for m in found:
+        m.kills_by_seed = [m.examples_to_kill]
+    for s in range(1, seeds):
+        other = draw_cases(cases(**kwargs), max_examples, seed=s)
+        for i, m in enumerate(found, 1):
+            if progress:
+                progress(i, len(found), f"seed {s}: mutant {m.name}")
+            m.kills_by_seed.append(examples_to_kill(m.name, other, cache))
+    benign_results = run_benign(benign, drawn[:benign_examples], cache, progress) if benign else []
+    return SelftestResult(found, benign_results, seeds)

@@ -6,6 +6,14 @@ rows, one row, right padding, plain prefill, layer 0, small sinks, normal inputs
 are drawn from integers first, so an off-by-one at the window shrinks to the first length that
 fails (W + 2 for a window one key too wide), not to an arbitrary edge.
 
+Plans with steps after the first (decode, chunked, from_cache) are where serving loops break: the
+cache ring wraps, the window's edge moves, positions continue. Such bugs must be found within a few
+examples, so most draws have steps after the first, their rows end across the window and the ring
+edges (W - 1, W, 2W - 2, 2W, 3W - 3) with at least two generation steps, and those that start from a
+context encoding come as a teacher-forced stack of a sliding and a full layer (each judged on its own,
+as two blocks), so that every such draw reaches the bugs of both layer kinds. Long positions (LONG_POSITIONS, up to gpt-oss's last position 131,071) are drawn as from_cache
+rows, which cost O(n) for every producer.
+
     from harness.strategies import cases
     @given(cases(buckets=(256,)))
     def test_x(case): ...
@@ -24,6 +32,8 @@ from harness.presets import preset
 __all__ = [
     "EDGE_LENGTHS",
     "LONG_LENGTHS",
+    "LONG_POSITIONS",
+    "long_cases",
     "TILE_LENGTHS",
     "cases",
     "input_regimes",
@@ -40,6 +50,13 @@ EDGE_LENGTHS = (1, 2, W - 2, W - 1, W, W + 1, W + 2, 2 * W, 2 * W + 1, 2 * W + 2
 TILE_LENGTHS = (511, 512, 513, 1023, 1024, 1025)
 # The YaRN original context (4096) and the last tile edge below it: occasional long positions.
 LONG_LENGTHS = (2047, 2048, 4095, 4096, 4097)
+# Positions judged from a cache: around the original context, powers of two minus one, and the last one.
+LONG_POSITIONS = (4095, 4096, 4097, 8191, 32767, 65535, 131071)
+# Where the steps after the first start: at the edges of the window (W) and of NxDI's ring of W - 1
+# slots, its first and second wrap.
+STEP_STARTS = (W - 2, W - 1, W, W + 1, 2 * W - 3, 2 * W - 2, 2 * W - 1, 2 * W, 3 * W - 4, 3 * W - 3)
+# decode and chunked hand the cache over from a context encoding: twice as likely as from_cache
+STEPPED = ("decode", "decode", "chunked", "from_cache")
 
 
 def lengths(max_length: int = 2 * W + 8, long: bool = True) -> st.SearchStrategy[int]:
@@ -70,6 +87,37 @@ def input_regimes() -> st.SearchStrategy[str]:
 
 
 @st.composite
+def long_cases(draw, preset_name: str = "small", positions: Sequence[int] = LONG_POSITIONS,
+               parities: Sequence[int] = (0, 1)) -> Case:
+    """One from_cache row whose last generated token sits at a long position."""
+    last = draw(st.sampled_from(list(positions)))
+    return Case(
+        preset=preset_name,
+        layer=draw(layers(parities)),
+        lengths=(last + 1,),
+        plan="from_cache",
+        decode_steps=draw(st.integers(1, 3)),
+        sinks=draw(sink_regimes(("small", "dominant", "zero"))),
+        scale=draw(st.sampled_from(["normal", "sharp"])),
+        inputs=draw(input_regimes()),
+        weight_seed=draw(st.integers(0, 2**16)),
+        input_seed=draw(st.integers(0, 2**16)),
+    )
+
+
+@st.composite
+def _stepped_rows(draw, plan: str, max_batch: int, max_decode_steps: int, cap: int) -> tuple[tuple[int, ...], dict]:
+    """Rows whose steps after the first cross the window and the ring: the first row's generated tokens
+    start at (or near) a step edge, two or more of them (decode, from_cache) or a second chunk."""
+    first = min(cap - 2, draw(st.one_of(st.sampled_from(STEP_STARTS), st.integers(W - 8, 3 * W))))
+    steps = draw(st.integers(2, max(2, max_decode_steps + 1)))
+    rows = (first + steps, *draw(st.lists(st.integers(steps + 1, cap), max_size=max_batch - 1)))
+    if plan == "chunked":
+        return rows, {"chunk_offset": first}
+    return rows, {"decode_steps": steps}
+
+
+@st.composite
 def cases(
     draw,
     preset_name: str = "small",
@@ -81,42 +129,72 @@ def cases(
     sinks: Sequence[str] = ("small", "zero", "dominant"),
     parities: Sequence[int] = (0, 1),
     max_length: int = 2 * W + 8,
+    long_cache: bool = True,
+    stacks: bool = True,
 ) -> Case:
     """One block, one case. With `buckets` (padded lengths a compiled candidate accepts), every row fits
-    in a drawn bucket and the batch is padded to it, so no new shape is ever asked for."""
+    in a drawn bucket and the batch is padded to it, so no new shape is ever asked for. `plans`: those
+    the candidate runs (harness/candidates/protocol.py: supported_plans); `long`: rows of 2047-4097 tokens
+    now and then; `long_cache`: from_cache rows at LONG_POSITIONS now and then (when from_cache is a plan);
+    `stacks`: stepped plans as a two-layer teacher-forced stack."""
     bucket = draw(st.sampled_from(sorted(buckets))) if buckets else None
-    if bucket:
-        edges = [n for n in EDGE_LENGTHS + TILE_LENGTHS + LONG_LENGTHS if n <= bucket]
-        row_length = st.one_of(st.integers(1, min(bucket, 2 * W + 8)), st.sampled_from(edges))
-    else:
-        row_length = lengths(max_length, long=long)
-    rows = tuple(draw(st.lists(row_length, min_size=1, max_size=max_batch)))
-    if max(rows) >= LONG_LENGTHS[0]:
-        rows = (max(rows),)  # a 2047+ token row comes alone: dense candidates hold (heads, S, S) scores
-    long_rows = max(rows) > 2 * W + 8
-    plan = draw(st.sampled_from(list(plans)))
+    stepped = [p for p in STEPPED if p in plans]
+    # the kind of draw: the general one (shrinks to plain prefill), a stepped plan across the edges (twice
+    # as likely), or a long position from a cache
+    kinds = ["any"] + (["stepped"] * 6 if stepped and not bucket else [])
+    if long_cache and "from_cache" in plans and not bucket:
+        kinds += ["long", "long"]
+    kind = draw(st.sampled_from(kinds))
+    if kind == "long":
+        return draw(long_cases(preset_name, parities=parities))
     extra: dict = {}
-    if plan == "decode" and min(rows) > 1:
-        # decode steps continue each row: positions cross W and 2W whenever the rows end near them
-        extra["decode_steps"] = draw(st.integers(1, min(max_decode_steps, min(rows) - 1)))
-    elif plan == "chunked" and max(rows) > 1:
-        extra["chunk_offset"] = draw(st.integers(1, max(rows) - 1))
+    if kind == "stepped":
+        plan = draw(st.sampled_from(stepped))
+        layer = draw(layers(parities))
+        if stacks and plan != "from_cache" and len(parities) == 2 and layer + 1 < preset(preset_name).num_hidden_layers:
+            extra.update(depth=2, stack_mode="teacher")  # a sliding and a full layer, each judged alone
+        cap = max_length if max_length < 2 * W + 8 else 3 * W + 4
+        rows, more = draw(_stepped_rows(plan, max_batch, max_decode_steps, cap))
+        extra.update(more)
+        sink_choices = [name for name in ("dominant", "small") if name in sinks] or list(sinks)
     else:
-        plan = "prefill"
+        if bucket:
+            edges = [n for n in EDGE_LENGTHS + TILE_LENGTHS + LONG_LENGTHS if n <= bucket]
+            row_length = st.one_of(st.integers(1, min(bucket, 2 * W + 8)), st.sampled_from(edges))
+        else:
+            row_length = lengths(max_length, long=long)
+        rows = tuple(draw(st.lists(row_length, min_size=1, max_size=max_batch)))
+        if max(rows) >= LONG_LENGTHS[0]:
+            rows = (max(rows),)  # a 2047+ token row comes alone: dense candidates hold (heads, S, S) scores
+        plan = draw(st.sampled_from(list(plans)))
+        if plan in ("decode", "from_cache") and min(rows) > 1:
+            # decode steps continue each row: positions cross W and 2W whenever the rows end near them
+            extra["decode_steps"] = draw(st.integers(1, min(max_decode_steps, min(rows) - 1)))
+        elif plan == "chunked" and max(rows) > 1:
+            extra["chunk_offset"] = draw(st.integers(1, max(rows) - 1))
+        else:
+            plan = "prefill"
+        layer = draw(layers(parities))
+        sink_choices = list(sinks)
+    long_rows = max(rows) > 2 * W + 8 and plan != "from_cache" and extra.get("depth", 1) == 1
+    if bucket and plan == "from_cache":
+        pad_to = bucket if bucket >= extra["decode_steps"] else 0
+    else:
+        pad_to = bucket or 0
     return Case(
         preset=preset_name,
-        layer=draw(layers(parities)),
+        layer=layer,
         lengths=rows,
         padding=draw(st.sampled_from(["right", "left"])),
         plan=plan,
-        sinks=draw(sink_regimes(sinks)),
+        sinks=draw(sink_regimes(sink_choices)),
         scale=draw(st.sampled_from(["normal", "sharp"])),
         inputs=draw(input_regimes()),
         weight_seed=draw(st.integers(0, 2**16)),
         input_seed=draw(st.integers(0, 2**16)),
         # long rows: judge only the last positions (the oracle then evaluates just those rows)
         compare_last=8 if long_rows else 0,
-        pad_to=bucket or 0,
+        pad_to=pad_to,
         **extra,
     )
 
@@ -124,7 +202,7 @@ def cases(
 @st.composite
 def stack_cases(draw, preset_name: str = "small", max_depth: int = 4) -> Case:
     """A stack of alternating sliding and full layers, teacher-forced or free-running."""
-    base = draw(cases(preset_name=preset_name, max_batch=2, long=False))
+    base = draw(cases(preset_name=preset_name, max_batch=2, long=False, long_cache=False, stacks=False))
     return replace(
         base,
         layer=draw(st.sampled_from([0, 1])),

@@ -1,6 +1,7 @@
 """The built-in sweep `parity run` uses when no case is given: both layer parities, lengths across
 the window boundary, decode and chunked-prefill positions (decode across the sliding cache ring's
-wrap), a padded batch, dominant sinks, full dims."""
+wrap), a padded batch, dominant sinks, the last position of gpt-oss's context (131,071, decoded from a
+cache), full dims."""
 
 from __future__ import annotations
 
@@ -23,6 +24,11 @@ def default_cases(quick: bool = False) -> list[Case]:
         Case(layer=0, lengths=(130,), plan="decode", decode_steps=4, weight_seed=8, input_seed=8),
         Case(layer=0, lengths=(258, 40), plan="decode", decode_steps=4, weight_seed=9, input_seed=9),
     ]
+    # position 131,071 from a cache of every earlier position, on both parities (two generated tokens)
+    cases += [Case(layer=layer, lengths=(131072,), plan="from_cache", decode_steps=2, weight_seed=10 + layer,
+                   input_seed=10 + layer) for layer in (0, 1)]
     if not quick:
         cases += [Case(preset="full", layer=layer, lengths=(300,), weight_seed=7, input_seed=7) for layer in (0, 1)]
+        cases += [Case(preset="full", layer=layer, lengths=(131072,), plan="from_cache", decode_steps=1,
+                       weight_seed=7, input_seed=20 + layer) for layer in (0, 1)]
     return cases
