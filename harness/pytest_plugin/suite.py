@@ -10,13 +10,13 @@ as a repro file and the message ends with the command that replays it.
 """
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from harness.candidates import supported_plans
 from harness.case import curated_cases
 from harness.goldens import GoldenStore
-from harness.strategies import cases, stack_cases
+from harness.strategies import LONG_POSITIONS, cases, long_cases, stack_cases
 from harness.sweep import default_cases
 
 
@@ -27,6 +27,22 @@ def test_generated_cases(candidate_name, parity, data):
     candidate = parity.load(candidate_name)
     case = data.draw(cases(buckets=getattr(candidate, "buckets", None), plans=supported_plans(candidate)),
                      label="case")
+    parity.check(case, candidate_name, candidate=candidate)
+
+
+@pytest.mark.parity
+@pytest.mark.needs_reference
+@pytest.mark.parametrize("parity_of_layer", (0, 1), ids=("sliding", "full"))
+@pytest.mark.parametrize("position", LONG_POSITIONS)
+@settings(max_examples=2)  # per position and parity: 28 long rows per candidate, each O(n) from a cache
+@given(data=st.data())
+def test_long_positions(candidate_name, parity, position, parity_of_layer, data):
+    """Every long position on both layer kinds, decoded from a cache: where YaRN, RoPE precision and
+    cache sizing break. Candidates that do not accept a cache skip (harness/candidates/protocol.py)."""
+    candidate = parity.load(candidate_name)
+    if "from_cache" not in supported_plans(candidate):
+        pytest.skip(f"candidate {candidate_name} does not accept a KV cache (accepts_cache)")
+    case = data.draw(long_cases(positions=(position,), parities=(parity_of_layer,)), label="case")
     parity.check(case, candidate_name, candidate=candidate)
 
 
