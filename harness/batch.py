@@ -223,7 +223,10 @@ def make_batch(case: Case, spec: BlockSpec, cache: CachedPrefix | None = None) -
 
         cache = cache_for(case, spec)
     first = [n - k for n, k in zip(case.lengths, new_tokens(case))]
-    seqs = [input_tokens(case, config, row, a, n) for row, (a, n) in enumerate(zip(first, case.lengths))]
+    from harness.timing import section
+
+    with section("inputs"):
+        seqs = [input_tokens(case, config, row, a, n) for row, (a, n) in enumerate(zip(first, case.lengths))]
     b, s = case.batch_size, case.pad_to or max(new_tokens(case))
     hidden = torch.zeros(b, s, config.hidden_size, dtype=spec.dtype)
     positions = torch.zeros(b, s, dtype=torch.long)

@@ -15,7 +15,9 @@ import torch
 
 from harness.batch import Batch
 from harness.masks import broken_rules
-from harness.metrics import UNIT_ROUNDOFF, Errors, beyond_fraction, judged_positions, region, token_error, token_head_map
+import weakref
+
+from harness.metrics import UNIT_ROUNDOFF, Errors, Judged, judged_positions, region, token_error, token_head_map
 from harness.stages import STAGES
 from harness.tolerances import Bound, Bounds  # noqa: F401  (re-exported)
 
@@ -129,15 +131,55 @@ def _ratio(err: float, ref_err: float, floor: float) -> float:
     return err / max(ref_err, floor) if err > 0 else 0.0
 
 
-def judge_stage(stage, cand, ref, oracle, mask, bounds: Bounds, unit: float = 2.0**-8) -> StageResult:
-    c, r, o = cand[mask], ref[mask], oracle[mask]
-    ce, re_, scale = Errors.of(c, o), Errors.of(r, o), Errors.of(torch.zeros_like(o), o)
-    mr = _ratio(ce.max, re_.max, bounds.floor_ulps * unit * scale.max)
-    rr = _ratio(ce.rms, re_.rms, bounds.floor_ulps * unit * scale.rms)
+class _PerTensor:
+    """Memos attached to a tensor's identity, dropped with the tensor (tensors compare elementwise, so a
+    WeakKeyDictionary cannot hold them). Each memo holds what its key names, so ids stay theirs."""
+
+    def __init__(self):
+        self.items: dict[int, dict] = {}
+
+    def of(self, t: torch.Tensor) -> dict:
+        key = id(t)
+        if key not in self.items:
+            self.items[key] = {}
+            weakref.finalize(t, self.items.pop, key, None)
+        return self.items[key]
+
+
+# Judging one set of expected tensors against several candidates: a stage's region and the reference's
+# errors there are the same for every candidate, so they are computed once (while the tensors live).
+_REGIONS, _REFERENCE_ERRORS = _PerTensor(), _PerTensor()
+
+
+def _region(stage: str, batch: Batch, oracle: torch.Tensor) -> torch.Tensor:
+    memo = _REGIONS.of(oracle)
+    if (stage, id(batch)) not in memo:
+        memo[stage, id(batch)] = (region(stage, batch, oracle), batch)
+    return memo[stage, id(batch)][0]
+
+
+def _reference_errors(ref, oracle, mask, shared: bool) -> tuple[Judged, Errors]:
+    """The oracle over the judged elements, and the reference's errors there."""
+    memo = _REFERENCE_ERRORS.of(ref) if shared else {}
+    key = (id(oracle), id(mask))
+    if key not in memo:
+        judged = Judged.of(oracle, mask)
+        memo[key] = (judged, judged.errors(ref)[0], oracle)
+    return memo[key][:2]
+
+
+def judge_stage(stage, cand, ref, oracle, mask, bounds: Bounds, unit: float = 2.0**-8,
+                shared_mask: bool = False) -> StageResult:
+    """`shared_mask`: `mask` is the stage's region, one object for every candidate judged against these
+    expected tensors (the reference's errors there are then computed once)."""
+    judged, re_ = _reference_errors(ref, oracle, mask, shared_mask)
+    ce, beyond = judged.errors(cand, envelope=re_.max)
+    mr = _ratio(ce.max, re_.max, bounds.floor_ulps * unit * judged.scale_max)
+    rr = _ratio(ce.rms, re_.rms, bounds.floor_ulps * unit * judged.scale_rms)
     bound = bounds.for_stage(stage)
     passed = (mr <= bound.max_ratio and rr <= bound.rms_ratio) or not bounds.binds(stage)
     return StageResult(stage, int(mask.sum()), ce.max, re_.max, ce.rms, re_.rms, mr, rr, passed,
-                       ce.rel_fro, re_.rel_fro, ce.cosine, re_.cosine, beyond_fraction(c, o, re_.max))
+                       ce.rel_fro, re_.rel_fro, ce.cosine, re_.cosine, beyond)
 
 
 def compare(
@@ -195,7 +237,7 @@ def judge_stage_in_batch(stage, batch, cand, ref, oracle: dict, bounds: Bounds, 
     """Judge one stage over its region: a StageResult, a message if judged elements are NaN/Inf,
     or None when nothing is judged. `oracle` is the dict of oracle stages (the mask checks of probs
     read its scores)."""
-    mask = region(stage, batch, oracle[stage])
+    mask = region_mask = _region(stage, batch, oracle[stage])
     if not mask.any():
         return None
     hidden = exposed = torch.zeros_like(mask)
@@ -206,12 +248,12 @@ def judge_stage_in_batch(stage, batch, cand, ref, oracle: dict, bounds: Bounds, 
         hidden = mask & is_masked
         exposed = batch.compare[:, None, :, None] & _masked_keys(oracle, batch)[..., :-1] & ~is_masked
         mask = mask & ~hidden
-    bad = ~torch.isfinite(cand[mask])
+    bad = mask & ~torch.isfinite(cand)
     if bad.any():
         return (f"{int(bad.sum())} of {int(mask.sum())} judged elements are NaN or Inf "
                 "(a read of masked or uninitialised memory, or an overflow)")
     unit = UNIT_ROUNDOFF.get(dtype, 2.0**-8)
-    result = judge_stage(stage, cand, ref, oracle[stage], mask, bounds, unit)
+    result = judge_stage(stage, cand, ref, oracle[stage], mask, bounds, unit, shared_mask=mask is region_mask)
     if hidden.any() or exposed.any():
         result.hidden, result.exposed, result.passed = int(hidden.sum()), int(exposed.sum()), False
         result.mask_rules = broken_rules(batch.positions, batch.key_positions, batch.key_valid, exposed, hidden)
@@ -229,14 +271,21 @@ def judge_stage_in_batch(stage, batch, cand, ref, oracle: dict, bounds: Bounds, 
 def _split_sink(cand, ref, oracle, mask, bounds: Bounds, unit: float) -> dict:
     """The probs errors of the sink column and of the key columns apart, each in units of the
     reference's error there (same floor as the stage)."""
-    out = {}
-    for part, cols in (("sink column", slice(-1, None)), ("key columns", slice(None, -1))):
-        m = mask[..., cols]
-        c, r, o = cand[..., cols][m], ref[..., cols][m], oracle[..., cols][m]
-        ce, re_, scale = Errors.of(c, o), Errors.of(r, o), Errors.of(torch.zeros_like(o), o)
-        out[part] = {"cand_max": ce.max, "ref_max": re_.max,
-                     "max_ratio": _ratio(ce.max, re_.max, bounds.floor_ulps * unit * scale.max)}
-    return out
+    memo = _REFERENCE_ERRORS.of(ref)
+    key = ("split", id(oracle), id(mask))
+    if key not in memo:
+        memo[key] = (_column_max(ref, oracle, mask), _column_max(oracle, torch.zeros_like(oracle), mask), oracle, mask)
+    (r_sink, r_keys), (s_sink, s_keys), *_ = memo[key]
+    c_sink, c_keys = _column_max(cand, oracle, mask)
+    floor = bounds.floor_ulps * unit
+    return {"sink column": {"cand_max": c_sink, "ref_max": r_sink, "max_ratio": _ratio(c_sink, r_sink, floor * s_sink)},
+            "key columns": {"cand_max": c_keys, "ref_max": r_keys, "max_ratio": _ratio(c_keys, r_keys, floor * s_keys)}}
+
+
+def _column_max(x: torch.Tensor, oracle: torch.Tensor, mask: torch.Tensor) -> tuple[float, float]:
+    """Max |x - oracle| over the judged elements of the sink column and of the key columns."""
+    d = torch.where(mask, (x.double() - oracle).abs(), 0.0)
+    return float(d[..., -1].max()), float(d[..., :-1].max())
 
 
 def error_maps(batch, oracle, reference, produced) -> dict:

@@ -7,6 +7,7 @@ store (harness/goldens.py), which holds the same thing; the runner takes either 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from collections.abc import Callable
 
@@ -27,6 +28,13 @@ class Expected:
     batch: Batch
     oracle: dict[str, torch.Tensor]
     reference: dict[str, torch.Tensor]
+
+    @functools.cached_property
+    def probes(self) -> list:
+        """The tolerance-free probes of this layer's batch (harness/probes.py), built once for every candidate."""
+        from harness.probes import build_probes
+
+        return build_probes(self.spec, self.batch)
 
 
 ExpectedFn = Callable[[Case, "str | None"], "list[Expected]"]

@@ -33,21 +33,52 @@ class Errors:
     cosine: float  # cosine similarity of x and the oracle, flattened
 
     @classmethod
-    def of(cls, x: torch.Tensor, oracle: torch.Tensor) -> "Errors":
-        if x.numel() == 0:
-            return cls(0.0, 0.0, 0.0, 1.0)
-        x = x.double()
-        d = x - oracle
-        norm_o, norm_x = float(oracle.norm()), float(x.norm())
-        cosine = float((x * oracle).sum()) / (norm_o * norm_x) if norm_o and norm_x else float(norm_o == norm_x)
-        return cls(float(d.abs().max()), float(d.pow(2).mean().sqrt()), float(d.norm()) / norm_o if norm_o else 0.0, cosine)
+    def of(cls, x: torch.Tensor, oracle: torch.Tensor, mask: torch.Tensor | None = None) -> "Errors":
+        """Over the elements where `mask` is True (all without one)."""
+        return Judged.of(oracle, mask).errors(x)[0]
 
 
-def beyond_fraction(cand: torch.Tensor, oracle: torch.Tensor, envelope: float) -> float:
-    """Fraction of elements whose error exceeds `envelope` (the reference's largest error)."""
-    if cand.numel() == 0:
-        return 0.0
-    return float(((cand.double() - oracle).abs() > envelope).double().mean())
+@dataclass
+class Judged:
+    """The oracle over a stage's judged elements (zero elsewhere) and its scale, shared by every producer
+    judged there. Reductions run masked over the whole tensor rather than on gathered copies: a stage of
+    64 heads x 131,072 keys is judged in a few passes."""
+
+    oracle: torch.Tensor
+    mask: torch.Tensor | None
+    count: int
+    norm: float
+    scale_max: float  # max |oracle| over the judged elements
+    scale_rms: float
+    gathered: torch.Tensor | None = None  # the mask the oracle was gathered with (producers are gathered too)
+
+    @classmethod
+    def of(cls, oracle: torch.Tensor, mask: torch.Tensor | None = None) -> "Judged":
+        n = oracle.numel() if mask is None else int(mask.sum())
+        gathered = mask
+        if mask is not None and n < mask.numel() // 4:  # sparse (a sliding layer's keys among 131,072): gather
+            oracle, mask = oracle[mask], None
+        o = oracle.double() if mask is None else torch.where(mask, oracle.double(), 0.0)
+        sumsq = float(o.square().sum())
+        judged = cls(o, mask, n, sumsq**0.5, float(o.abs().max()) if n else 0.0, (sumsq / n) ** 0.5 if n else 0.0)
+        judged.gathered = gathered
+        return judged
+
+    def errors(self, x: torch.Tensor, envelope: float | None = None) -> tuple[Errors, float]:
+        """The producer's errors, and the fraction of judged elements whose error exceeds `envelope`."""
+        if self.count == 0:
+            return Errors(0.0, 0.0, 0.0, 1.0), 0.0
+        if self.mask is None and x.shape != self.oracle.shape:
+            x = x[self.gathered]
+        x = x.double() if self.mask is None else torch.where(self.mask, x.double(), 0.0)
+        d = x - self.oracle
+        sumsq = float(d.square().sum())
+        a = d.abs_()
+        norm_x = float(x.norm())
+        cosine = float((x * self.oracle).sum()) / (self.norm * norm_x) if self.norm and norm_x else float(self.norm == norm_x)
+        beyond = float((a > envelope).sum()) / self.count if envelope is not None else 0.0
+        errors = Errors(float(a.max()), (sumsq / self.count) ** 0.5, sumsq**0.5 / self.norm if self.norm else 0.0, cosine)
+        return errors, beyond
 
 
 def token_head_map(cand: torch.Tensor, oracle: torch.Tensor, batch: Batch) -> torch.Tensor:

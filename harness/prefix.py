@@ -23,6 +23,7 @@ from harness.batch import BlockSpec, CachedPrefix, input_tokens, new_tokens
 from harness.case import Case
 from harness.produce import reference_block
 from reference import oracle as oracle_math
+from harness.timing import section
 from reference.rows import project_keys
 
 PREFIX_CHUNK = 4096
@@ -83,14 +84,13 @@ def prefix_pass(case: Case, spec: BlockSpec, oracle: bool = True, chunk: int = P
     c, dt = spec.config, spec.dtype
     hkv, d = c.num_key_value_heads, c.head_dim
     lengths = tuple(n - k for n, k in zip(case.lengths, new_tokens(case)))
-    slots = max(lengths)
-    k_cache = torch.zeros(len(lengths), slots, hkv, d, dtype=dt)
+    k_cache = torch.zeros(len(lengths), max(lengths), hkv, d, dtype=dt)
     v_cache = torch.zeros_like(k_cache)
     block = reference_block(spec)
     digest = hashlib.sha256()
     keys: list[OracleKeys] = []
     total, done = sum(lengths), 0
-    with torch.no_grad():
+    with torch.no_grad(), section("prefix"):
         for row, n in enumerate(lengths):
             first = oracle_first(case, spec, row)
             o_k = torch.empty(case.lengths[row] - first, hkv, d, dtype=torch.float64) if oracle else None
@@ -98,8 +98,9 @@ def prefix_pass(case: Case, spec: BlockSpec, oracle: bool = True, chunk: int = P
             digest.update(f"row {row}:{n}\n".encode())
             for a in range(0, n, chunk):
                 b = min(n, a + chunk)
-                x = input_tokens(case, c, row, a, b).to(torch.bfloat16).to(dt)  # as make_batch rounds them
-                digest.update(x.contiguous().view(torch.uint8).numpy().tobytes())
+                with section("inputs"):
+                    x = input_tokens(case, c, row, a, b).to(torch.bfloat16).to(dt)  # as make_batch rounds them
+                    digest.update(x.contiguous().view(torch.uint8).numpy().tobytes())
                 positions = torch.arange(a, b)
                 k_cache[row, a:b], v_cache[row, a:b] = project_keys(block, x, positions)
                 if oracle and b > first:

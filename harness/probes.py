@@ -51,9 +51,11 @@ def _cache_probes(spec: BlockSpec, batch: Batch) -> list[Probe]:
         if not where.any():
             continue
         w = where[:, :, None, None]
+        # a block of deviates tiled over the cache: finite values no correct block reads, made in milliseconds
         g = generator("probe-cache", len(name))
-        noise = (torch.randn(cache.k_rope.shape, generator=g) * 3).to(cache.k_rope.dtype)
-        nan = torch.full_like(cache.k_rope, float("nan"))
+        block = (torch.randn(4096, *cache.k_rope.shape[2:], generator=g) * 3).to(cache.k_rope.dtype)
+        noise = block.repeat(-(-cache.slots // 4096), 1, 1)[None, : cache.slots].expand_as(cache.k_rope)
+        nan = torch.full((), float("nan"), dtype=cache.k_rope.dtype)
         for label, fill in ((name, noise), (f"nan_{name}", nan)):
             changed = cache.with_values(torch.where(w, fill, cache.k_rope), torch.where(w, fill, cache.v))
             probes.append(Probe(label, replace(batch, cache=changed), batch.compare))

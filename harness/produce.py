@@ -18,6 +18,7 @@ import torch
 from harness.batch import Batch, BlockSpec
 from harness.limits import DENSE_SCORE_LIMIT
 from harness.stages import score_taps_fit
+from harness.timing import section
 from reference import oracle as oracle_math
 from reference import rows as ref_rows
 from reference.gpt_oss import AttentionBlock
@@ -89,6 +90,11 @@ def _row_blocks(heads: int, n_rows: int, n_keys: int) -> int:
 
 def run_reference(spec: BlockSpec, batch: Batch, taps: bool = False) -> dict[str, torch.Tensor]:
     """The bf16 reference; stage taps in slot layout when `taps`."""
+    with section("reference"):
+        return _run_reference(spec, batch, taps)
+
+
+def _run_reference(spec: BlockSpec, batch: Batch, taps: bool) -> dict[str, torch.Tensor]:
     if not dense_reference_fits(spec, batch):
         return _reference_rows(spec, batch, taps)
     block = reference_block(spec)
@@ -165,6 +171,11 @@ def _reference_rows(spec: BlockSpec, batch: Batch, taps: bool) -> dict[str, torc
 def run_oracle(spec: BlockSpec, batch: Batch, taps: bool = False, prefix=None) -> dict[str, torch.Tensor]:
     """The float64 oracle on each row's compared positions only; NaN elsewhere. A from_cache batch
     needs `prefix` (harness/prefix.py: the oracle's own keys of the cached positions)."""
+    with section("oracle"):
+        return _run_oracle(spec, batch, taps, prefix)
+
+
+def _run_oracle(spec: BlockSpec, batch: Batch, taps: bool, prefix) -> dict[str, torch.Tensor]:
     if batch.cache is not None:
         if prefix is None or prefix.oracle is None:
             raise ValueError("the oracle does not read the candidate's cache: a from_cache batch needs the oracle's own "

@@ -14,8 +14,9 @@ from harness.case import Case
 from harness.compare import Bounds, Divergence, Verdict, compare
 from harness.expected import Expected, ExpectedFn, compute_expected, next_input
 from harness.isolation import diagnose
-from harness.probes import BINDING, STRICT, build_probes, judge_probe
+from harness.probes import BINDING, STRICT, judge_probe
 from harness.timelimit import CandidateTimeout, limit_for, time_limit
+from harness.timing import section
 
 
 @dataclass
@@ -35,7 +36,7 @@ def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch, **kwargs)
                                 "a candidate that can declares accepts_cache = True (harness/candidates/protocol.py)", "")
     seconds = limit_for(candidate)
     try:
-        with torch.no_grad(), time_limit(seconds, f"candidate {candidate.name}"):
+        with torch.no_grad(), time_limit(seconds, f"candidate {candidate.name}"), section("candidate"):
             return normalise_result(candidate.run(spec, batch, taps=True, **kwargs), candidate.name)
     except CandidateTimeout as exc:
         return CandidateFailure("timeout", str(exc), traceback.format_exc())
@@ -62,7 +63,7 @@ def judge(case: Case, candidate: Candidate, expected: Expected, bounds: Bounds =
 
 def run_probes(candidate, expected: Expected, baseline: torch.Tensor, v: Verdict, strict: bool) -> None:
     binding = BINDING + (STRICT if strict or getattr(candidate, "skips_masked_memory", False) else ())
-    for probe in build_probes(expected.spec, expected.batch):
+    for probe in expected.probes:
         out = run_candidate(candidate, expected.spec, probe.batch)
         if isinstance(out, CandidateFailure):
             record = {"name": probe.name, "passed": False, "detail": f"{out.verdict}: {out.summary}"}

@@ -21,20 +21,22 @@ from tests.broken_candidates import OutputOnly
 # steps), and one row past the window for those.
 SMALL = Case(layer=0, lengths=(12, 5), padding="left", plan="decode", decode_steps=2)
 LONG = Case(layer=0, lengths=(130,))
+# A full layer's row at positions 65534-65535, from a cache: the long-context bugs (past 4096 and 32767).
+FAR = Case(layer=1, lengths=(65536,), plan="from_cache", decode_steps=2)
 PORT = "norm_skipped+no_causal_mask+sinks_dropped+residual_missing"
 
 
 @pytest.fixture(scope="module")
 def diagnosed():
-    """name -> (case, verdict): each mutant judged, with isolation, on the first of SMALL and LONG on
+    """name -> (case, verdict): each mutant judged, with isolation, on the first of SMALL, LONG and FAR on
     which it fails (every bug of it)."""
-    expected = {case: expected_for(case) for case in (SMALL, LONG)}
+    expected = {case: expected_for(case) for case in (SMALL, LONG, FAR)}
     done = {}
 
     def get(name):
         if name not in done:
             bugs = bug_classes(name)
-            case = next(c for c in (SMALL, LONG) if all(
+            case = next(c for c in (SMALL, LONG, FAR) if all(
                 not judge(c, variant("mutant", b), expected[c], probes=False, isolation=False).passed for b in bugs))
             done[name] = case, judge(case, variant("mutant", name), expected[case], probes=False)
         return done[name]

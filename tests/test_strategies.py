@@ -35,10 +35,11 @@ def test_off_by_one_window_shrinks_to_just_past_the_window(delta, shortest):
 
 
 def test_ignored_decode_positions_fail_with_a_decode_case():
+    """Found in a draw whose steps cross the window (most draws are), shrunk to one row and two steps."""
     bad = EmulatedBlock(positions="step")
     found = find(cases(long=False, plans=("prefill", "decode")), _fails(bad), settings=SEARCH)
-    assert found.plan == "decode" and found.decode_steps == 1 and found.batch_size == 1, found
-    assert max(found.lengths) <= 3
+    assert found.plan == "decode" and found.decode_steps <= 2 and found.batch_size == 1, found
+    assert max(found.lengths) <= 2 * W
 
 
 @settings(max_examples=40, database=None, deadline=None, phases=[Phase.generate])
