@@ -337,6 +337,47 @@ def cmd_selftest(args) -> int:
     return 0 if result.ok else 1
 
 
+def cmd_bench(args) -> int:
+    from harness.bench import run_bench
+
+    started = time.monotonic()
+
+    def show(what: str) -> None:
+        print(f"[{time.monotonic() - started:.0f} s] {what}", file=sys.stderr, flush=True)
+
+    r = run_bench(quick=args.quick, progress=show)
+    m = r["machine"]
+    print(f"machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}; dims {r['preset']}")
+    o = r["overhead"]
+    print(f"\noverhead: built-in sweep, {o['cases']} cases x {o['candidates']} candidates: wall {o['wall_s']} s, forward "
+          f"passes {o['forward_s']} s (inputs made in {o['inputs_s']} s): {o['ratio']}x")
+    print("\npeak memory (GiB, whole process; above imports in brackets)")
+    for n, parts in r["memory"].items():
+        cells = []
+        for name, v in parts.items():
+            cells.append(f"{name} " + (v["cannot run"] if "cannot run" in v else v.get("error") or
+                                       f"{v['peak_gib']:.2f} ({v['above_imports_gib']:.2f}) in {v['seconds']} s"))
+        print(f"  {n:>6} tokens: " + "; ".join(cells))
+    p = r["oracle_prefill_8192"]
+    print(f"  8192-token prefill through the oracle, every row: " + (p.get("error") or f"{p['peak_gib']:.2f} GiB in {p['seconds']} s"))
+    print("\none 131,071 row end to end (reference, oracle, emulation):")
+    for kind, v in r["row_131071"].items():
+        print(f"  {kind:>7} layer: " + (v.get("error") or f"{v['seconds']} s, {v['peak_gib']:.2f} GiB, {v['verdict']}; {v['sections_s']}"))
+    h = r["hypothesis"]
+    print(f"\ndefault hypothesis profile: {h['examples']} examples in {h['seconds']} s = {h['examples_per_second']} examples/s")
+    print("\ngrowth with length (full layer, from a cache: reference, oracle, emulation end to end)")
+    print(row(("tokens", "seconds", "peak GiB", "prefix s", "inputs s", "candidate s"), (8, 9, 9, 9, 9, 11)))
+    for n, v in r["growth"].items():
+        s = v.get("sections_s", {})
+        print(row((n, v.get("seconds", "-"), v.get("peak_gib", "-"), s.get("prefix", "-"), s.get("inputs", "-"),
+                   s.get("candidate", "-")), (8, 9, 9, 9, 9, 11)))
+    print("\ntargets: " + "; ".join(f"{k}: {'met' if ok else 'NOT met'}" for k, ok in r["targets"].items()))
+    if args.json:
+        write_json(args.json, r)
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="print the whole traceback of a candidate that raised")
     p.add_argument("--time-limit", type=float, metavar="SECONDS",
@@ -449,6 +490,16 @@ def build_parser() -> argparse.ArgumentParser:
     selftest.add_argument("--json", metavar="PATH", help="also write the matrix as JSON")
     selftest.add_argument("--list", action="store_true", help="list mutants, benign variants and ablations")
     selftest.set_defaults(func=cmd_selftest)
+
+    bench = sub.add_parser("bench", help="measure the harness's overhead, memory and speed on this machine",
+                           description="Measure, in one run: the harness's overhead (a parity run's wall time over "
+                                       "its forward passes), peak memory of the references and the oracle up to "
+                                       "131,072 tokens, one 131,071 row per layer parity end to end, examples per "
+                                       "second of the default hypothesis profile, and how costs grow with length. "
+                                       "Full dims take about five minutes.")
+    bench.add_argument("--quick", action="store_true", help="small dims and lengths up to 16k (seconds; for tests)")
+    bench.add_argument("--json", metavar="PATH", help="also write every figure as JSON")
+    bench.set_defaults(func=cmd_bench)
 
     add_goldens_parser(sub)
     return parser

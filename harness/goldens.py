@@ -294,7 +294,7 @@ class GoldenStore:
         current = reference_fingerprint()
         if entry["fingerprint"] != current:
             raise GoldenStale(f"{where} is stale: written by reference fingerprint {entry['fingerprint']}, the "
-                              f"reference code is now {current} (reference/ or harness/produce.py changed); {fix}")
+                              f"reference code is now {current} (reference/, harness/produce.py or harness/prefix.py changed); {fix}")
         specs = layer_specs(case)
         batch = make_batch(case, specs[0])
         if [weights_sha256(s.weights) for s in specs] != entry["weights_sha256"]:

@@ -75,17 +75,19 @@ _CACHES: dict = {}
 
 
 def prefix_pass(case: Case, spec: BlockSpec, oracle: bool = True, chunk: int = PREFIX_CHUNK,
-                progress=None) -> Prefix:
+                progress=None, reference: bool = True) -> Prefix:
     """The cache (the reference's keys and values of every prefix position), the oracle's keys and
     values where the judged rows can see them (with `oracle`), and the inputs' hash.
-    `progress(done, total)` is called after each chunk, in tokens."""
+    `progress(done, total)` is called after each chunk, in tokens. reference=False (to measure the
+    oracle alone, `parity bench`): the cache's values are left out (zeros, allocated as one element)."""
     if case.plan != "from_cache":
         raise ValueError(f"case {case.id}: only a from_cache plan has a prefix handed over as a cache")
     c, dt = spec.config, spec.dtype
     hkv, d = c.num_key_value_heads, c.head_dim
     lengths = tuple(n - k for n, k in zip(case.lengths, new_tokens(case)))
-    k_cache = torch.zeros(len(lengths), max(lengths), hkv, d, dtype=dt)
-    v_cache = torch.zeros_like(k_cache)
+    shape = (len(lengths), max(lengths), hkv, d)
+    k_cache = torch.zeros(shape, dtype=dt) if reference else torch.zeros((), dtype=dt).expand(shape)
+    v_cache = torch.zeros_like(k_cache) if reference else k_cache
     block = reference_block(spec)
     digest = hashlib.sha256()
     keys: list[OracleKeys] = []
@@ -102,7 +104,8 @@ def prefix_pass(case: Case, spec: BlockSpec, oracle: bool = True, chunk: int = P
                     x = input_tokens(case, c, row, a, b).to(torch.bfloat16).to(dt)  # as make_batch rounds them
                     digest.update(x.contiguous().view(torch.uint8).numpy().tobytes())
                 positions = torch.arange(a, b)
-                k_cache[row, a:b], v_cache[row, a:b] = project_keys(block, x, positions)
+                if reference:
+                    k_cache[row, a:b], v_cache[row, a:b] = project_keys(block, x, positions)
                 if oracle and b > first:
                     lo = max(a, first)
                     o = oracle_math.project(spec.weights, c, x[lo - a :], positions[lo - a :], queries=False)

@@ -94,7 +94,7 @@ def _weighted(options: list):
 
 @st.composite
 def long_cases(draw, preset_name: str = "small", positions: Sequence[int] = LONG_POSITIONS,
-               parities: Sequence[int] = (0, 1)) -> Case:
+               parities: Sequence[int] = (0, 1), sinks: Sequence[str] = ("small", "dominant", "zero")) -> Case:
     """One from_cache row whose last generated token sits at a long position."""
     last = draw(_weighted(list(positions)))
     return Case(
@@ -103,7 +103,7 @@ def long_cases(draw, preset_name: str = "small", positions: Sequence[int] = LONG
         lengths=(last + 1,),
         plan="from_cache",
         decode_steps=draw(st.integers(1, 3)),
-        sinks=draw(sink_regimes(("small", "dominant", "zero"))),
+        sinks=draw(sink_regimes(sinks)),
         scale=draw(st.sampled_from(["normal", "sharp"])),
         inputs=draw(input_regimes()),
         weight_seed=draw(st.integers(0, 2**16)),
@@ -172,7 +172,7 @@ def cases(
         modes += ["long"] * 3
     mode = draw(_weighted(modes))
     if mode == "long":
-        return draw(long_cases(preset_name, parities=parities))
+        return draw(long_cases(preset_name, parities=parities, sinks=[n for n in ("small", "dominant", "zero") if n in sinks]))
     if mode == "stepped":
         plan = draw(st.sampled_from(stepped))
         cap = max_length if max_length < 2 * W + 8 else 3 * W + 4

@@ -28,7 +28,10 @@ def test_run_quick_passes_and_writes_json(tmp_path):
     rows = data["cases"]
     assert {row["candidate"] for row in rows} == set(BUILTIN)
     assert all({"id", "candidate", "verdict", "worst_ratio", "first_divergent_stage"} <= set(row) for row in rows)
-    assert all(row["verdict"] == "pass" for row in rows)
+    # the sweep decodes position 131,071 from a cache, which hf (no accepts_cache) cannot take
+    assert all(row["verdict"] == "pass" or (row["verdict"] == "unsupported" and row["candidate"] == "hf"
+                                            and "-cache" in row["id"]) for row in rows)
+    assert sum(row["verdict"] == "unsupported" for row in rows) == 2
 
 
 def test_broken_candidate_fails_and_says_where(tmp_path):
