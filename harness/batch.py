@@ -33,7 +33,9 @@ class BlockSpec:
 class CachedPrefix:
     """The KV cache a from_cache plan hands the candidate: k_rope and v [B, C, Hkv, d] in the case's
     dtype, as the bf16 reference computed them; slot j of row b holds position j for j < lengths[b]
-    (C is the longest row's prefix), later slots are zeros and must never be read."""
+    (C is the longest row's prefix), later slots are zeros and must never be read. On sliding layers
+    only the last 2W positions before the generated tokens are the reference's; older slots hold
+    filler no correct block reads (harness/prefix.py)."""
 
     k_rope: torch.Tensor
     v: torch.Tensor

@@ -26,6 +26,7 @@ from reference.gpt_oss import AttentionBlock
 TOKEN_STAGES = ("normed", "q", "k", "v", "q_rope", "k_rope", "attn", "out_proj", "output")
 KEY_CHUNK = 4096  # tokens projected at a time when the row-selective reference reads keys from hidden states
 ROW_SCORES = 1 << 24  # score elements per block of query rows
+ORACLE_ROWS = 1024  # judged rows the oracle evaluates at a time
 
 
 def reference_block(spec: BlockSpec) -> AttentionBlock:
@@ -188,16 +189,19 @@ def _run_oracle(spec: BlockSpec, batch: Batch, taps: bool, prefix) -> dict[str, 
     for row in range(batch.valid.shape[0]):
         slots = batch.slots(row)
         wanted = batch.compare[row, slots].nonzero().squeeze(1)  # positions, since slots are in order
-        if len(wanted) == 0:
-            continue
-        res = oracle_math.oracle_forward(
-            spec.weights, spec.config, spec.layer_idx, batch.hidden[row, slots], wanted, taps=taps, score_taps=score_taps
-        )
-        q_slots = slots[res.rows]
-        out["output"][row, q_slots] = res.output
-        _scatter_tokens(out, row, q_slots, res.taps)
-        if score_taps:
-            _scatter_scores(out, row, res.taps, q_slots, slots)
+        # in blocks of rows, each scattered before the next is computed: an 8,192-token prefill with every
+        # row judged holds one block's float64 stages at a time beside the result
+        for r0 in range(0, len(wanted), ORACLE_ROWS):
+            rows = wanted[r0 : r0 + ORACLE_ROWS]
+            x = batch.hidden[row, slots[: int(rows[-1]) + 1]]
+            res = oracle_math.oracle_forward(spec.weights, spec.config, spec.layer_idx, x, rows, taps=taps,
+                                             score_taps=score_taps)
+            q_slots = slots[res.rows]
+            out["output"][row, q_slots] = res.output
+            _scatter_tokens(out, row, q_slots, res.taps)
+            if score_taps:
+                _scatter_scores(out, row, res.taps, q_slots, slots[: len(x)])
+            del res
     return out
 
 

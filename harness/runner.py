@@ -82,8 +82,9 @@ def _verdict(case_id, candidate, result, expected: Expected, bounds) -> Verdict:
         what = {"error": "raised", "timeout": "timed out:", "unsupported": "cannot run this case:"}[result.verdict]
         return Verdict(case_id, candidate.name, result.verdict, traceback=result.traceback,
                        message=f"case {case_id} / candidate {candidate.name}: {what} {result.summary}")
-    v = compare(case_id, candidate.name, expected.batch, expected.oracle, expected.reference,
-                result.output, result.taps, bounds, expected.spec.dtype)
+    with section("compare"):
+        v = compare(case_id, candidate.name, expected.batch, expected.oracle, expected.reference,
+                    result.output, result.taps, bounds, expected.spec.dtype)
     v.info = result.info
     return v
 

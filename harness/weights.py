@@ -62,7 +62,10 @@ def make_weights(config: ModelConfig, seed: int, sinks: str = "small", scale: st
         raise ValueError(f"sinks={sinks!r} is not a sink regime; expected one of {SINK_REGIMES}")
     if scale not in SCALE_REGIMES:
         raise ValueError(f"scale={scale!r} is not a scale regime; expected one of {SCALE_REGIMES}")
-    cached = _seeded_weights(dataclasses.astuple(config), seed, sinks, scale)
+    from harness.timing import section
+
+    with section("weights"):
+        cached = _seeded_weights(dataclasses.astuple(config), seed, sinks, scale)
     return {name: t.clone() for name, t in cached.items()}
 
 

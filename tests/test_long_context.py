@@ -243,3 +243,21 @@ def test_selftest_reports_examples_to_kill_over_seeds(tmp_path, capsys):
     data = json.loads(out.read_text())
     assert data["summary"]["seeds"] == 3
     assert all(len(m["kills_by_seed"]) == 3 and m["worst_kill"] <= 10 for m in data["mutants"])
+
+
+def test_a_sliding_cache_is_exact_over_two_windows_and_filler_before():
+    """Keys W or more positions back are never read on a sliding layer: the cache holds the reference's
+    keys for the last 2W positions before the generated tokens, filler before, and a correct block's
+    output is bit-identical to the one with the reference's keys everywhere."""
+    case = Case(layer=0, lengths=(700,), plan="from_cache", decode_steps=2)
+    spec, batch = build(case)
+    dense_spec, dense_batch = build(Case(layer=0, lengths=(698,)))
+    ref = harness.produce.run_reference(dense_spec, dense_batch, taps=True)
+    exact = 698 - 2 * 128
+    assert torch.equal(batch.cache.k_rope[0, exact:], ref["k_rope"][0, exact:698])
+    assert not torch.equal(batch.cache.k_rope[0, :exact], ref["k_rope"][0, :exact])
+    true_cache = batch.cache.with_values(ref["k_rope"][:, :698].clone(), ref["v"][:, :698].clone())
+    emulation = load_candidate("emulation")
+    a = emulation.run(spec, batch, taps=False).output
+    b = emulation.run(spec, replace(batch, cache=true_cache), taps=False).output
+    assert torch.equal(a, b)
