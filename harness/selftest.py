@@ -146,6 +146,9 @@ def _search_settings(max_examples: int, derandomize: bool = True) -> settings:
                     report_multiple_bugs=False, suppress_health_check=list(HealthCheck))
 
 
+DENSE_SHRINK = 2 * W + 8  # longest row a from_cache case may be shrunk into a dense plan with
+
+
 def simpler(case: Case):
     """Simpler neighbours of a case, simplest first: fewer rows, plain prefill, right padding, shorter
     rows, layer parity 0/1, simple regimes, seed 0. Invalid combinations are skipped."""
@@ -157,9 +160,11 @@ def simpler(case: Case):
             for n in sorted(set(case.lengths)):
                 yield {"lengths": (n,), "pad_to": 0}
             yield {"lengths": case.lengths[:-1], "pad_to": 0}
-        yield {"plan": "prefill", "decode_steps": 0, "chunk_offset": 0}
-        if case.plan == "from_cache":  # the same positions decoded after a prefill (every token handed over)
-            yield {"plan": "decode"}
+        # a row handed over whole costs O(n^2): from a cache, only rows this short leave the cache
+        if case.plan != "from_cache" or max(case.lengths) <= DENSE_SHRINK:
+            yield {"plan": "prefill", "decode_steps": 0, "chunk_offset": 0}
+            if case.plan == "from_cache":  # the same positions decoded after a prefill
+                yield {"plan": "decode"}
         yield {"padding": "right"}
         yield {"layer": case.layer % 2}
         for field_name, simple in (("sinks", "small"), ("scale", "normal"), ("inputs", "normal"),
