@@ -34,9 +34,10 @@ def peak_bytes() -> int:
     """This process's peak resident set: VmHWM, which a new program starts afresh (getrusage's
     ru_maxrss keeps the peak of the process that forked it, across exec, on Linux)."""
     try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
     except OSError:
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
@@ -95,7 +96,7 @@ def measure(what: str, case, **extra) -> dict:
     spec = {"what": what, "case": case.to_dict(), **extra}
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")])}
     out = subprocess.run([sys.executable, "-m", "harness.bench", json.dumps(spec)], capture_output=True, text=True,
-                         env=env, timeout=1800)
+                         env=env, timeout=1800, check=False)
     if out.returncode != 0:
         tail = out.stderr.strip().splitlines()[-1:] or ["no output"]
         return {"error": tail[0]}

@@ -33,7 +33,7 @@ class Errors:
     cosine: float  # cosine similarity of x and the oracle, flattened
 
     @classmethod
-    def of(cls, x: torch.Tensor, oracle: torch.Tensor, mask: torch.Tensor | None = None) -> "Errors":
+    def of(cls, x: torch.Tensor, oracle: torch.Tensor, mask: torch.Tensor | None = None) -> Errors:
         """Over the elements where `mask` is True (all without one)."""
         return Judged.of(oracle, mask).errors(x)[0]
 
@@ -53,7 +53,7 @@ class Judged:
     gathered: torch.Tensor | None = None  # the mask the oracle was gathered with (producers are gathered too)
 
     @classmethod
-    def of(cls, oracle: torch.Tensor, mask: torch.Tensor | None = None) -> "Judged":
+    def of(cls, oracle: torch.Tensor, mask: torch.Tensor | None = None) -> Judged:
         n = oracle.numel() if mask is None else int(mask.sum())
         gathered = mask
         if mask is not None and n < mask.numel() // 4:  # sparse (a sliding layer's keys among 131,072): gather

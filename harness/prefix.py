@@ -29,8 +29,8 @@ from harness.batch import BlockSpec, CachedPrefix, input_tokens, new_tokens
 from harness.case import Case
 from harness.produce import reference_block
 from harness.seeds import generator, normal
-from reference import oracle as oracle_math
 from harness.timing import section
+from reference import oracle as oracle_math
 from reference.rows import project_keys
 
 PREFIX_CHUNK = 4096

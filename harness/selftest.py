@@ -31,8 +31,16 @@ from hypothesis import seed as hypothesis_seed
 from harness.case import PLANS, Case
 from harness.compare import Verdict
 from harness.expected import Expected, compute_expected
-from harness.mutants import (ALL_MUTANTS, BENIGN, DRIVER_MUTANTS, PLAN_BUG_EXAMPLES, PLAN_BUGS, bug_classes,
-                             mutant_knobs, variant)
+from harness.mutants import (
+    ALL_MUTANTS,
+    BENIGN,
+    DRIVER_MUTANTS,
+    PLAN_BUG_EXAMPLES,
+    PLAN_BUGS,
+    bug_classes,
+    mutant_knobs,
+    variant,
+)
 from harness.runner import run_case
 from harness.stages import STAGES
 from harness.strategies import W, cases
@@ -206,7 +214,7 @@ def shrink(case: Case, fails, budget: int = 200) -> Case:
     return case
 
 
-def hunt(name: str, drawn: list[Case], cache: "ExpectedCache", hunted: dict | None = None) -> MutantResult:
+def hunt(name: str, drawn: list[Case], cache: ExpectedCache, hunted: dict | None = None) -> MutantResult:
     """Run the drawn cases in order until the mutant fails; then find a case that reaches every one of
     its bugs, shrink it keeping that true, and diagnose it (see the module docstring). `hunted`: results
     of single-bug mutants already hunted (name -> MutantResult), reused and extended here."""

@@ -8,11 +8,13 @@ fails (W + 2 for a window one key too wide), not to an arbitrary edge.
 
 Plans with steps after the first (decode, chunked, from_cache) are where serving loops break: the
 cache ring wraps, the window's edge moves, positions continue. Such bugs must be found within a few
-examples, so most draws have steps after the first, their rows end across the window and the ring
-edges (W - 1, W, 2W - 2, 2W, 3W - 3) with at least two generation steps, and those that start from a
-context encoding come as a teacher-forced stack of a sliding and a full layer (each judged on its own,
-as two blocks), so that every such draw reaches the bugs of both layer kinds. Long positions (LONG_POSITIONS, up to gpt-oss's last position 131,071) are drawn as from_cache
-rows, which cost O(n) for every producer.
+examples, so after the general draw most draws are redirected (the redirection is drawn last and
+shrinks to "as drawn"): to a stepped plan whose generated tokens start at an edge of the window or
+the ring (W - 2 .. W + 1, 2W - 3 .. 2W, 3W - 4, 3W - 3) with two or more generation steps, as a
+teacher-forced stack of a sliding and a full layer when it starts from a context encoding (each judged
+on its own, as two blocks), so that every such draw reaches the bugs of both layer kinds; or to a long
+position (LONG_POSITIONS, up to gpt-oss's last position 131,071) as a from_cache row, which costs O(n)
+for every producer.
 
     from harness.strategies import cases
     @given(cases(buckets=(256,)))
