@@ -51,7 +51,7 @@ ABLATIONS: dict[str, tuple[dict, tuple[str, ...]]] = {
     "long_positions_from_a_cache": ({"long_cache": False}, ("rope_table_wraps_at_4096", "full_layers_keep_last_4096")),
     "nonzero_sinks": ({"sinks": ("zero",)}, ("sinks_zeroed", "sinks_wrong_head_order", "sinks_per_kv_head")),
     "batches_with_padding": ({"max_batch": 1}, ("padding_not_masked", "batch_flattened")),
-    "rows_past_the_window": ({"max_length": W, "long": False}, ("window_w_plus_1", "no_window", "window_on_odd_layers")),
+    "rows_past_the_window": ({"max_length": W, "long": False, "long_cache": False}, ("window_w_plus_1", "no_window", "window_on_odd_layers")),
     "sliding_layers": ({"parities": (1,)}, ("no_window", "window_w_plus_1", "window_w_minus_1")),
 }
 

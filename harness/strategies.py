@@ -118,8 +118,9 @@ def long_cases(draw, preset_name: str = "small", positions: Sequence[int] = LONG
 def _stepped_rows(draw, plan: str, max_batch: int, max_decode_steps: int, cap: int) -> tuple[tuple[int, ...], dict]:
     """Rows whose steps after the first cross the window and the ring: the first row's generated tokens
     start at (or near) a step edge, two or more of them (decode, from_cache) or a second chunk."""
-    first = min(cap - 2, draw(st.one_of(st.sampled_from(STEP_STARTS), st.integers(W - 8, 3 * W))))
+    first = draw(st.one_of(st.sampled_from(STEP_STARTS), st.integers(W - 8, 3 * W)))
     steps = draw(st.integers(2, max(2, max_decode_steps + 1)))
+    first = max(1, min(first, cap - steps))  # every row within max_length
     rows = (first + steps, *draw(st.lists(st.integers(steps + 1, cap), max_size=max_batch - 1)))
     if plan == "chunked":
         return rows, {"chunk_offset": first}

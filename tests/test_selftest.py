@@ -6,6 +6,7 @@ import json
 import pytest
 
 from harness.candidates import load_candidate
+from harness.case import PLANS
 from harness.cli import main
 from harness.mutants import BENIGN, MULTI_BUG, MUTANTS
 from harness.selftest import ABLATIONS, ExpectedCache, draw_cases, hunt, run_selftest
@@ -32,10 +33,10 @@ def test_each_generator_ingredient_earns_its_place(ablation):
     """Without the ingredient, at least one mutant that needs it survives; with it, that mutant dies."""
     kwargs, needy = ABLATIONS[ablation]
     cache = ExpectedCache()
-    without = [hunt(name, draw_cases(cases(**{"long": False, **kwargs}), 25), cache) for name in needy]
+    without = [hunt(name, draw_cases(cases(**{"long": False, "plans": PLANS, **kwargs}), 25), cache) for name in needy]
     survivors = [m.name for m in without if not m.killed]
     assert survivors, f"removing {ablation} let no mutant survive"
-    assert hunt(survivors[0], draw_cases(cases(long=False), 25), cache).killed
+    assert hunt(survivors[0], draw_cases(cases(long=False, plans=PLANS), 100), cache).killed
 
 
 def test_selftest_command(tmp_path, capsys):
