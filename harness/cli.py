@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import json
 import math
 import os
@@ -22,10 +23,13 @@ from harness.console import Progress, UsageError, row, run_notes
 from harness.expected import compute_expected
 from harness.goldens import GoldenError, GoldenSource
 from harness.history import History, HistoryError, current_commit, history_path
+from harness.interrupt import restore as restore_sigterm
+from harness.interrupt import sigterm_as_interrupt
 from harness.jsonfile import read_json, write_json
 from harness.limits import CaseTooLarge, check_fits
+from harness.quiet import stdout_handlers_to_stderr, third_party_output_to_stderr
 from harness.report import load_results, record_of, write_report
-from harness.repro import load_failure, replay_command, save_failure
+from harness.repro import load_failure, replay_candidate, replay_command, save_failure
 from harness.runner import run_case
 from harness.sweep import default_cases
 from harness.tolerances import Bounds, load_bounds
@@ -52,7 +56,8 @@ def _bounds(args) -> Bounds:
 
 def _candidates(names: list[str]):
     try:
-        return [load_candidate(c) for c in names]
+        with third_party_output_to_stderr():  # importing and building a candidate imports its libraries
+            return [load_candidate(c) for c in names]
     except (ValueError, TypeError) as exc:
         raise UsageError(str(exc)) from None
 
@@ -82,7 +87,7 @@ def cmd_run(args) -> int:
             case_files.update((c.id, f) for c in loaded)
             cases += loaded
     else:
-        cases = default_cases(args.quick)
+        cases = default_cases(args.quick, long=args.long)
     expected = expected_source(args, case_files)
     history = open_history(args.history)
     for c in candidates:  # say where each Neuron candidate runs, before anything does
@@ -103,52 +108,86 @@ def cmd_run(args) -> int:
     widths = (44, max(9, *(len(c.name) for c in candidates)), 9, 11, 20)
     print(row(("case", "candidate", "verdict", "worst ratio", "divergent stages"), widths))
     pairs: list[tuple[Case, Verdict]] = []
+    records: list[dict] = []
+    replays: dict = {}
+    by_name = {c.name: c for c in candidates}
+    environment = run_environment(["parity", *args.argv])
+    planned = len(cases) * len(candidates)
+
+    def save_json(complete: bool) -> None:
+        """The results so far. Written before the first check and after every case, marked incomplete
+        until every planned check has its verdict: a run that ends early (killed, a process ended by
+        native code) leaves a file that says so, never one that looks like a success."""
+        if args.json:
+            failed = sum(1 for _, v in pairs if not v.passed and v.verdict != "unsupported")
+            write_json(args.json, {"cases": records, "summary": {
+                "checks": len(pairs), "failed": failed, "planned": planned, "complete": complete,
+                "history_run": run_id}, "environment": environment})
+
+    run_id = None
+    save_json(complete=False)
     started = time.monotonic()
-    progress = Progress(len(cases))
-    for i, case in enumerate(cases, 1):
-        progress.show(i, case.id)
-        try:
-            verdicts = run_case(case, candidates, bounds, probes=not args.no_probes,
-                                strict_probes=args.strict_probes, expected=expected)
-        except (OSError, KeyError, ValueError) as exc:  # unreadable checkpoint, missing layer, bad dims
+    from harness.work import case_work
+
+    # time left from the work left, not the cases left: one 131,072-token row outweighs the sweep
+    progress = Progress(len(cases), weights=[case_work(c, len(candidates)) for c in cases])
+    interrupted = None
+    sigterm = sigterm_as_interrupt()
+    try:
+        for i, case in enumerate(cases, 1):
+            progress.show(i, case.id)
+            try:
+                with third_party_output_to_stderr():  # candidates' logging stays out of the table
+                    verdicts = run_case(case, candidates, bounds, probes=not args.no_probes,
+                                        strict_probes=args.strict_probes, expected=expected)
+            except (OSError, KeyError, ValueError) as exc:  # unreadable checkpoint, missing layer, bad dims
+                progress.clear()
+                raise UsageError(f"case {case.id}: {exc}") from None
             progress.clear()
-            raise UsageError(f"case {case.id}: {exc}") from None
+            for v in verdicts:
+                pairs.append((case, v))
+                ratio = f"{v.worst_ratio:.3g}" if v.worst_ratio is not None else "-"
+                stages = ", ".join(v.divergent_stages) if not v.passed else "-"
+                print((row((v.case_id, v.candidate, v.verdict.upper(), ratio, stages), widths)
+                       + run_notes(v.info)).rstrip(), flush=True)
+                if not v.passed and v.verdict != "unsupported":
+                    replays[case.id, v.candidate] = replay_command(save_failure(case, specs[v.candidate], v))
+                records.append(record_of(case, v, bounds.for_candidate(by_name[v.candidate]),
+                                         replays.get((case.id, v.candidate))))
+            save_json(complete=False)
+    except KeyboardInterrupt as exc:  # Ctrl-C or SIGTERM (harness/interrupt.py): keep what ran
         progress.clear()
-        for v in verdicts:
-            pairs.append((case, v))
-            ratio = f"{v.worst_ratio:.3g}" if v.worst_ratio is not None else "-"
-            stages = ", ".join(v.divergent_stages) if not v.passed else "-"
-            print((row((v.case_id, v.candidate, v.verdict.upper(), ratio, stages), widths) + run_notes(v.info)).rstrip(),
-                  flush=True)
+        interrupted = str(exc) or "interrupted (Ctrl-C)"
+    finally:
+        restore_sigterm(sigterm)
     unsupported = [(c, v) for c, v in pairs if v.verdict == "unsupported"]
     failed = [(c, v) for c, v in pairs if not v.passed and v.verdict != "unsupported"]
     for _, v in unsupported:
         print(f"\nUNSUPPORTED (not run, not counted as passed): {v.message}")
-    replays = {}
     for case, v in failed:
-        replays[case.id, v.candidate] = replay_command(save_failure(case, specs[v.candidate], v))
         print(f"\n{v.verdict.upper()}: {v.message}\n  replay: {replays[case.id, v.candidate]}")
         if v.traceback:
             print(_indent(v.traceback) if args.verbose else "  (the candidate's traceback is in the repro file; -v prints it)")
     print(f"\n{len(pairs) - len(failed) - len(unsupported)} checks passed, {len(failed)} failed"
           + (f", {len(unsupported)} unsupported by their candidate" if unsupported else "") + " "
           f"({len(cases)} cases x {len(candidates)} candidates, {time.monotonic() - started:.1f} s)")
+    if interrupted:
+        print(f"INTERRUPTED: {interrupted}; {len(pairs)} of {planned} planned checks ran (the rest have no verdict: "
+              "this run proves nothing about them)", flush=True)
     if isinstance(expected, GoldenSource):
         print(f"expected tensors: {expected.loaded} case(s) from goldens, {expected.computed} computed"
               + (f" and cached in {expected.cache.root}" if expected.computed else ""))
-    by_name = {c.name: c for c in candidates}
-    records = [record_of(c, v, bounds.for_candidate(by_name[v.candidate]), replays.get((c.id, v.candidate))) for c, v in pairs]
-    environment = run_environment(["parity", *args.argv])
-    run_id = None
-    if history is not None:
+    if history is not None and not interrupted:  # a partial run would read as checks that vanished
         run_id = history.append(records, "parity run", commit=current_commit())
         print(f"appended {len(records)} check(s) to history {history.path} as run {run_id}")
+    complete = not interrupted and len(pairs) == planned
+    save_json(complete=complete)
     if args.json:
-        write_json(args.json, {"cases": records, "summary": {"checks": len(pairs), "failed": len(failed),
-                                                             "history_run": run_id}, "environment": environment})
-        print(f"wrote {args.json}")
+        print(f"wrote {args.json}" + ("" if complete else " (marked incomplete)"))
     if args.report:
         print(f"wrote {write_report(records, args.report, environment, history=history and history.path, run=run_id)}")
+    if interrupted:
+        return 130
     return 1 if failed else 0
 
 
@@ -168,14 +207,16 @@ def open_history(given: str | None) -> History | None:
 def cmd_replay(args) -> int:
     try:
         case, saved = load_failure(args.file)
+        names = args.candidate or [replay_candidate(args.file, saved, trusted=args.trust_candidate)]
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    candidates = _candidates(args.candidate or [saved])
+    candidates = _candidates(names)
     print(f"case {case.id}: {json.dumps(case.to_dict())}")
     failed = 0
     try:
-        verdicts = run_case(case, candidates, _bounds(args), strict_probes=args.strict_probes,
-                            expected=expected_source(args, {}))
+        with third_party_output_to_stderr():
+            verdicts = run_case(case, candidates, _bounds(args), strict_probes=args.strict_probes,
+                                expected=expected_source(args, {}))
     except (OSError, KeyError, ValueError) as exc:  # a missing golden, a changed checkpoint, a case too large
         raise UsageError(f"case {case.id}: {exc}") from None
     for v in verdicts:
@@ -232,30 +273,34 @@ def cmd_report(args) -> int:
 
 
 def cmd_summary(args) -> int:
-    from harness.summary import destination, markdown
+    from harness.summary import destination, incomplete, markdown
 
     try:
         text = markdown(args.results)
+        unfinished = incomplete(args.results) if args.require_complete else None
     except ValueError as exc:
         raise UsageError(str(exc)) from None
+    status = 0
+    if unfinished:  # a gate fails closed: green only when every planned check ran
+        print(f"parity summary: {args.results}: INCOMPLETE: {unfinished}", file=sys.stderr)
+        status = 1
     target = destination(args.out)
     if target is None:
         print(text, end="")
-        return 0
+        return status
     try:
         with open(target, "a", encoding="utf-8") as f:  # appended: a job's steps share one summary file
             f.write(text)
     except OSError as exc:
         raise UsageError(f"cannot append the summary to {target}: {exc}") from None
     print(f"appended the summary to {target}")
-    return 0
+    return status
 
 
 def cmd_doctor(args) -> int:
-    from harness.doctor import gather, report, unmet
+    from harness.doctor import gather, line, unmet
 
-    findings = gather()
-    print(report(findings))
+    findings = gather(lambda label, value: print(line(label, value), flush=True))
     required = args.require or []
     missing = unmet(findings, required)
     if not required:
@@ -348,6 +393,9 @@ def cmd_bench(args) -> int:
     r = run_bench(quick=args.quick, progress=show)
     m = r["machine"]
     print(f"machine: {m['processor']}, {m['cpus']} CPUs, {m['platform']}; dims {r['preset']}")
+    d = r["default_sweep"]
+    print(f"\ndefault sweep (`parity run`{' --quick' if r['quick'] else ''}, a fresh process, every built-in candidate): "
+          + (d["error"] if "error" in d else f"{d['wall_s']} s wall, {d['checks']} checks, {d['failed']} failed"))
     o = r["overhead"]
     print(f"\noverhead: built-in sweep, {o['cases']} cases x {o['candidates']} candidates: wall {o['wall_s']} s, forward "
           f"passes {o['forward_s']} s (inputs made in {o['inputs_s']} s): {o['ratio']}x")
@@ -401,11 +449,34 @@ def _expected_options(p: argparse.ArgumentParser) -> None:
                    help="never run the CPU reference or oracle: every case must have a golden (device runners)")
 
 
+class Parser(argparse.ArgumentParser):
+    """Every `parity` parser, subcommands' too (add_subparsers makes them of the parent's class): option
+    names are never abbreviated (argparse silently took `--candidat` as `--candidate`), and an unknown
+    option's error names the nearest option of that subcommand (it used to get the top-level usage only)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **{**kwargs, "allow_abbrev": False})
+
+    def parse_known_args(self, args=None, namespace=None):
+        namespace, extras = super().parse_known_args(args, namespace)
+        unknown = [a for a in extras if a.startswith("-") and len(a) > 1 and not a[1].isdigit()]  # not "-1"
+        if unknown:  # here, not at the top level, where this parser's options are known
+            self.error(self.unknown_option(unknown[0]))
+        return namespace, extras
+
+    def unknown_option(self, arg: str) -> str:
+        name = arg.split("=", 1)[0]
+        known = [option for action in self._actions for option in action.option_strings]
+        near = difflib.get_close_matches(name, known, n=1)
+        return f"unrecognized option {name}; " + (f"did you mean {near[0]}?" if near else
+                                                  f"`{self.prog} --help` lists the options")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="parity", description="Numerical parity harness for gpt-oss attention.",
-                                     epilog="Exit status: 0 success, 1 a check failed (or what the command names), "
-                                            "2 bad input, 124 a candidate stuck past its time limit (README "
-                                            "\"Exit codes and outputs\").")
+    parser = Parser(prog="parity", description="Numerical parity harness for gpt-oss attention.",
+                    epilog="Exit status: 0 success, 1 a check failed (or what the command names), "
+                           "2 bad input, 124 a candidate stuck past its time limit (README "
+                           "\"Exit codes and outputs\").")
     parser.add_argument("--version", action="version", version=version_text())
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -420,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="take each case's weights from layer case.layer of this safetensors checkpoint "
                           "(original or HF format) instead of seeded weights")
     run.add_argument("--quick", action="store_true", help="a shorter built-in sweep without full-dims cases")
+    run.add_argument("--long", action="store_true",
+                     help="add the long tier to the built-in sweep: position 131,071 at full dims on both layer kinds "
+                          "(minutes on 2 cores; the default checks it at small dims)")
     run.add_argument("--json", metavar="PATH", help="also write the verdicts as JSON")
     run.add_argument("--report", metavar="DIR", help="also write an HTML report with pictures of every failure")
     run.add_argument("--no-probes", action="store_true", help="skip the tolerance-free probes (faster)")
@@ -436,6 +510,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("file", metavar="FILE", help="repro file, e.g. .parity/failures/<case>--<candidate>.json")
     replay.add_argument("--candidate", action="append", metavar="NAME|MODULE:ATTR",
                         help="replay against these candidates instead of the saved one (repeatable)")
+    replay.add_argument("--trust-candidate", action="store_true",
+                        help="import the saved candidate even when it is not one of the harness's own (a "
+                             "MODULE:ATTR in the file is code: without this, or --candidate naming it, it is "
+                             "not imported)")
     _bound_options(replay)
     _expected_options(replay)
     _run_options(replay)
@@ -458,6 +536,9 @@ def build_parser() -> argparse.ArgumentParser:
                                          "2 on an unreadable file (the verdicts' exit status is the run's).")
     summary.add_argument("results", metavar="RESULTS_JSON", help="file written by --json / --parity-json")
     summary.add_argument("--out", metavar="PATH", help="append the summary to this file")
+    summary.add_argument("--require-complete", action="store_true",
+                         help="exit 1 unless the file's completion record says every planned check ran "
+                              "(a run that was killed, or ended by native code, never writes it)")
     summary.set_defaults(func=cmd_summary)
 
     doctor = sub.add_parser("doctor", help="print what the harness sees here; check a machine can run a gate",
@@ -516,6 +597,7 @@ def version_text() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    stdout_handlers_to_stderr()  # any that importing the harness's libraries made: stdout is for our output
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # the command line, for reports
     limit = getattr(args, "time_limit", None)

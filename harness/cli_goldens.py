@@ -36,13 +36,10 @@ def _entries(store: GoldenStore) -> dict[str, dict]:
 
 
 def _stored_cases(store: GoldenStore) -> list[Case]:
-    out = []
-    for cid, entry in _entries(store).items():
-        try:
-            out.append(stored_case(store, cid, entry))
-        except GoldenError:
-            continue  # verify and list report such entries
-    return out
+    """The cases of the store's entries, those of hand-edited entries too where the store still says what
+    they were (so that `regenerate --case ID` repairs them); verify and list report the others."""
+    found = (store.filed_case(cid, entry) for cid, entry in _entries(store).items())
+    return [c for c in found if c is not None]
 
 
 def select_cases(args, store: GoldenStore, default: list[Case]) -> list[Case]:
@@ -57,7 +54,11 @@ def select_cases(args, store: GoldenStore, default: list[Case]) -> list[Case]:
         pool = default
     if not args.case:
         return list(dict.fromkeys(pool))
-    known = list(dict.fromkeys(pool if args.case_file else [*pool, *curated_cases(), *_stored_cases(store)]))
+    from harness.sweep import default_cases
+
+    # the built-in sweep too: `parity run --no-reference` names its cases by id in its advice
+    known = list(dict.fromkeys(pool if args.case_file else [*pool, *curated_cases(), *_stored_cases(store),
+                                                            *default_cases(long=True)]))
     chosen = []
     for wanted in args.case:
         matches = [c for c in known if c.id == wanted] or [c for c in known if c.id.startswith(wanted)]
@@ -174,20 +175,18 @@ def _stored_torch(store: GoldenStore, case: Case) -> str:
 
 def stored_case(store: GoldenStore, case_id: str, entry) -> Case:
     """The case of the entry filed under `case_id`; GoldenError if the entry does not describe exactly
-    that case (a hand edit that makes it alias another case, or an unreadable one)."""
-    if store.is_committed and case_id in {c.id for c in curated_cases()}:
-        fix = f"run `parity goldens regenerate --case {case_id}`"
-    else:
-        fix = (f"restore the manifest{' (`git checkout -- ' + str(store.manifest_path) + '`)' if store.is_committed else ''} "
-               f"or drop the entry with `parity goldens regenerate --prune --case <the ids to keep>{store._dir_option()}`")
+    that case (a hand edit that makes it alias another case, or an unreadable one), with a command that
+    repairs the store."""
     try:
         case = Case.from_dict(entry.get("case") if isinstance(entry, dict) else entry)
     except (ValueError, TypeError) as exc:
-        raise GoldenError(f"its manifest entry holds no valid case ({exc}); {fix}") from None
-    if case.id != case_id:
-        raise GoldenError(f"its manifest entry describes case {case.id}, not the case it is filed under (the entry "
-                          f"was edited); {fix}")
-    return case
+        problem = f"its manifest entry holds no valid case ({exc})"
+    else:
+        if case.id == case_id:
+            return case
+        problem = (f"its manifest entry describes case {case.id}, not the case it is filed under (the entry was "
+                   f"edited; regenerating {case.id} does not repair it)")
+    raise GoldenError(f"{problem}; {store.repair_advice(case_id, entry)}")
 
 
 def cmd_verify(args) -> int:

@@ -29,28 +29,57 @@ class Progress:
     left, because a CI log shows nothing of a rewritten line until the command ends (a self-test ran
     for minutes without a line).
 
-    `show(i, what)` starts step i of `total` (1-based). The estimate assumes the steps left take as long
-    as the steps done took on average; `phase` restarts the count (a self-test hunts mutants, then runs
-    benign examples of another cost)."""
+    `show(i, what)` starts step i of `total` (1-based). The estimate is the time this phase took per
+    unit of work done, times the work left (step i's included): `weights` gives each step's cost in any
+    unit (harness/work.py: a case's multiply-adds), so that cheap steps do not promise seconds for a
+    costly one (issue 19: a 131,072-token row after 22 small cases showed "about 34 s left" for 13
+    minutes). No estimate is printed before some work is done. Without weights every step counts one,
+    and once the steps done differ more than UNEVEN times in duration (beyond FLOOR seconds, below which
+    differences are noise) no estimate is printed: the average of uneven steps says nothing of the next
+    one, and nothing is better than a wrong number. `phase` restarts the count with another total and
+    weights (a self-test hunts mutants, then runs benign examples of another cost)."""
 
-    def __init__(self, total: int, stream=None):
+    UNEVEN = 10.0
+    FLOOR = 1.0
+
+    def __init__(self, total: int, stream=None, weights=None):
         self.stream = stream or sys.stderr
-        self.total = total
         self.tty = self.stream.isatty() and not os.environ.get("CI")
-        self.started = self.phase_started = time.monotonic()
+        self.started = time.monotonic()
+        self.phase(total, weights)
 
-    def phase(self, total: int) -> None:
-        self.total, self.phase_started = total, time.monotonic()
+    def phase(self, total: int, weights=None) -> None:
+        if weights is not None and len(weights) != total:
+            raise ValueError(f"progress: {len(weights)} step weights for {total} steps; give one weight per step")
+        self.total, self.weights = total, None if weights is None else [float(w) for w in weights]
+        self.phase_started = time.monotonic()
+        self.step_started: dict[int, float] = {}  # step -> when show() started it, in this phase
 
     def estimate(self, i: int) -> str:
-        """'about N left' once a step is done, from the average step so far in this phase."""
+        """'about N left' when step i starts (see the class doc), or nothing."""
         done = i - 1
         if not self.total or done < 1:
             return ""
-        left = (time.monotonic() - self.phase_started) / done * (self.total - done)
+        if self.weights is None:
+            if self._uneven(i):
+                return ""
+            work_done, work_left = done, self.total - done
+        else:
+            work_done, work_left = sum(self.weights[:done]), sum(self.weights[done:])
+        if work_done <= 0:
+            return ""
+        left = (time.monotonic() - self.phase_started) / work_done * work_left
         return f", about {duration(left)} left"
 
+    def _uneven(self, i: int) -> bool:
+        """Whether the steps done before step i, where their durations are known, differ more than
+        UNEVEN times."""
+        starts = self.step_started
+        took = [starts[j + 1] - starts[j] for j in range(1, i) if j in starts and j + 1 in starts]
+        return bool(took) and max(took) > self.UNEVEN * max(min(took), self.FLOOR)
+
     def show(self, i: int, what: str) -> None:
+        self.step_started[i] = time.monotonic()
         count = f"[{i}/{self.total}] " if self.total else ""
         if self.tty:
             print(f"\r{count}{what[:70]:70}", end="", file=self.stream, flush=True)

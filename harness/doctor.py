@@ -5,6 +5,11 @@ Neuron SDK's packages or their absence, the Neuron devices (`neuron-ls` where in
 Neuron candidate would run in (device, cpu, unavailable: harness/neuron/environment.py), the compile
 caches with their size, the golden stores with their state, and where histories and repro files go.
 
+It answers in seconds: each line is printed as soon as it is known (the versions first, before torch
+is imported), and the golden stores are checked from what they hold (entry checksums, file and tensor
+hashes, the reference fingerprint), never by rebuilding a case's weights and inputs or recomputing a
+reference: that is `parity goldens verify` (minutes: it rebuilds 131,072-token prefixes).
+
 `--require` names what the caller needs (a CI gate: `parity doctor --require device`); each one that
 this machine lacks is printed as what is missing and how to fix it, and the exit status is 1.
 """
@@ -62,8 +67,8 @@ class StoreState:
 
 
 def golden_state(store, curated: bool) -> StoreState:
-    """Count a store's goldens and check each one's integrity and freshness (no recomputation: that is
-    `parity goldens verify`)."""
+    """Count a store's goldens and check each one's integrity and freshness from the store alone (no
+    weights, inputs or reference are built: that is `parity goldens verify`)."""
     from harness.case import curated_cases
     from harness.cli_goldens import stored_case
     from harness.goldens import GoldenError
@@ -77,7 +82,8 @@ def golden_state(store, curated: bool) -> StoreState:
     state.goldens, state.bytes = len(entries), store.size()
     for cid, entry in sorted(entries.items()):
         try:
-            store.check(stored_case(store, cid, entry))
+            stored_case(store, cid, entry)  # the entry describes the case it is filed under
+            store.check_stored(cid)
         except GoldenError as exc:
             kind = type(exc).__name__.replace("Golden", "").lower()
             state.problems.append(f"{cid}: {'corrupt' if kind == 'error' else kind} ({str(exc)[:300]})")
@@ -95,36 +101,51 @@ class Findings:
     stores: list[StoreState]
 
 
-def gather() -> Findings:
+def gather(emit=lambda label, value: None) -> Findings:
+    """Everything doctor reports; `emit(label, value)` is called with each line as soon as it is known,
+    so that a slow step (torch's import, a large compile cache) never leaves the terminal silent."""
+    lines: list[tuple[str, str]] = []
+
+    def found(label: str, value: str) -> None:
+        lines.append((label, value))
+        emit(label, value)
+
+    from harness.locations import CHECKOUT_DIR, PACKAGE_DIR, running_from_checkout
+
+    where = f"checkout {CHECKOUT_DIR}" if running_from_checkout() else f"installed in {PACKAGE_DIR.parent}"
+    found("gpt-oss-parity", f"{_version('gpt-oss-parity') or 'not installed'} ({where})")
+    found("python", f"{platform.python_version()} ({sys.executable})")
+    found("platform", f"{platform.system()} {platform.machine()}")
+    for name in PACKAGES:  # torch first: its import is the slowest step
+        found(name, _version(name) or "absent")
     from harness.goldens import GoldenStore, cache_dir
     from harness.history import history_path
-    from harness.locations import CHECKOUT_DIR, PACKAGE_DIR, running_from_checkout
     from harness.neuron.environment import SDK_PACKAGES, detect, neuron_ls
     from harness.neuron.nxdi import compile_cache_dir
     from harness.repro import failures_dir
 
-    where = f"checkout {CHECKOUT_DIR}" if running_from_checkout() else f"installed in {PACKAGE_DIR.parent}"
-    lines = [("gpt-oss-parity", f"{_version('gpt-oss-parity') or 'not installed'} ({where})"),
-             ("python", f"{platform.python_version()} ({sys.executable})"),
-             ("platform", f"{platform.system()} {platform.machine()}")]
-    lines += [(name, _version(name) or "absent") for name in PACKAGES]
-    lines += [(name, _version(name) or "absent") for name in SDK_PACKAGES]
+    for name in SDK_PACKAGES:
+        found(name, _version(name) or "absent")
     env = detect()
     listing = neuron_ls()
-    lines.append(("neuron devices", ", ".join(env.devices) or "none (no /dev/neuron*)"))
-    lines.append(("neuron-ls", "not installed" if listing is None else (listing.strip() or "(printed nothing)")))
-    lines.append(("neuron mode", f"{env.mode}: {env.reason}"))
+    found("neuron devices", ", ".join(env.devices) or "none (no /dev/neuron*)")
+    found("neuron-ls", "not installed" if listing is None else (listing.strip() or "(printed nothing)"))
+    found("neuron mode", f"{env.mode}: {env.reason}")
     neuron_cc = Path(os.environ.get("NEURON_COMPILE_CACHE_URL") or "/var/tmp/neuron-compile-cache")
-    lines.append(("compile cache", f"{neuron_cc} ($NEURON_COMPILE_CACHE_URL): {_size_text(folder_size(neuron_cc))}"
-                  if "://" not in str(neuron_cc) else f"{neuron_cc} ($NEURON_COMPILE_CACHE_URL): remote, size not read"))
+    found("compile cache", f"{neuron_cc} ($NEURON_COMPILE_CACHE_URL): {_size_text(folder_size(neuron_cc))}"
+          if "://" not in str(neuron_cc) else f"{neuron_cc} ($NEURON_COMPILE_CACHE_URL): remote, size not read")
     ours = compile_cache_dir()
-    lines.append(("harness neuron cache", f"{ours} ($PARITY_NEURON_CACHE): {_size_text(folder_size(ours))}"))
-    stores = [golden_state(GoldenStore.committed(), curated=True), golden_state(GoldenStore.cache(), curated=False)]
-    lines.append(("golden cache", f"{cache_dir()} ($PARITY_GOLDEN_CACHE)"))
+    found("harness neuron cache", f"{ours} ($PARITY_NEURON_CACHE): {_size_text(folder_size(ours))}")
+    found("golden cache", f"{cache_dir()} ($PARITY_GOLDEN_CACHE)")
     history = history_path()
-    lines.append(("history", f"{history} ($PARITY_HISTORY)" if history else "none by default ($PARITY_HISTORY unset; "
-                  "--history / --parity-history name one)"))
-    lines.append(("repro files", f"{failures_dir()} ($PARITY_FAILURES_DIR)"))
+    found("history", f"{history} ($PARITY_HISTORY)" if history else "none by default ($PARITY_HISTORY unset; "
+          "--history / --parity-history name one)")
+    found("repro files", f"{failures_dir()} ($PARITY_FAILURES_DIR)")
+    stores = []
+    for store, curated in ((GoldenStore.committed(), True), (GoldenStore.cache(), False)):
+        stores.append(golden_state(store, curated))
+        for label, value in store_lines(stores[-1]):
+            found(label, value)
     return Findings(lines, env.mode, env.reason, env.devices, stores)
 
 
@@ -152,18 +173,22 @@ def unmet(findings: Findings, required: list[str]) -> list[str]:
     return out
 
 
+def store_lines(s: StoreState) -> list[tuple[str, str]]:
+    if s.error:
+        return [("goldens", f"{s.label}: UNREADABLE: {s.error}")]
+    state = "all usable" if not s.problems else f"{len(s.problems)} missing, stale or corrupt"
+    return [("goldens", "\n".join([f"{s.label}: {s.goldens} golden(s), {s.bytes / 2**20:.1f} MiB, {state} "
+                                    "(hashes and fingerprint; `parity goldens verify` recomputes them)",
+                                    *s.problems]))]
+
+
+WIDTH = 31  # fixed, so that each line can be printed before the others are known
+
+
+def line(label: str, value: str) -> str:
+    first, *rest = str(value).splitlines() or [""]
+    return "\n".join([f"{label + ':':{WIDTH}} {first}", *(" " * (WIDTH + 1) + more for more in rest)])
+
+
 def report(findings: Findings) -> str:
-    width = max(len(label) for label, _ in findings.lines) + 2
-    out = []
-    for label, value in findings.lines:
-        first, *rest = str(value).splitlines() or [""]
-        out.append(f"{label + ':':{width}} {first}")
-        out += [" " * (width + 1) + line for line in rest]
-    for s in findings.stores:
-        if s.error:
-            out.append(f"{'goldens:':{width}} {s.label}: UNREADABLE: {s.error}")
-            continue
-        state = "all usable" if not s.problems else f"{len(s.problems)} missing, stale or corrupt"
-        out.append(f"{'goldens:':{width}} {s.label}: {s.goldens} golden(s), {s.bytes / 2**20:.1f} MiB, {state}")
-        out += [" " * (width + 3) + p for p in s.problems]
-    return "\n".join(out)
+    return "\n".join(line(label, value) for label, value in findings.lines)

@@ -36,12 +36,12 @@ import torch
 
 from harness import cpu
 from harness.batch import layer_specs, make_batch
-from harness.case import CASES_DIR, Case
+from harness.case import CASES_DIR, Case, curated_cases
 from harness.expected import Expected, compute_expected
-from harness.golden_format import (FORMAT, PREFIX_HASH, VERSION, TensorDiff, deserialise, diff_tensors,
-                                   from_tensors, hash_tensor, header_metadata, oracle_dtype, reference_fingerprint,
-                                   serialise, stats, tensor_sha256, to_tensors, weights_sha256)
-from harness.jsonfile import write_bytes, write_json
+from harness.golden_format import (FORMAT, PREFIX_HASH, VERSION, TensorDiff, case_of_file, deserialise,
+                                   diff_tensors, from_tensors, hash_tensor, header_metadata, oracle_dtype,
+                                   reference_fingerprint, serialise, stats, tensor_sha256, to_tensors, weights_sha256)
+from harness.jsonfile import parse_json, write_bytes, write_json
 from harness.locations import running_from_checkout
 from harness.repro import safe_name
 
@@ -124,6 +124,11 @@ class Change:
         return "changed: " + "; ".join(f"{d.name} {d.detail}" for d in self.diffs if d.changed)
 
 
+# The fix for a damaged copy of the store installed with the package (never written by the harness).
+REINSTALL = ("reinstall the package (`pip install --force-reinstall --no-deps gpt-oss-parity`, or the same "
+             "requirement you installed it with): the installed store is never written")
+
+
 class GoldenStore:
     """One folder of goldens. `budget`: the most bytes its tensor files may take (None: unlimited)."""
 
@@ -199,11 +204,12 @@ class GoldenStore:
             return {"format": FORMAT, "version": VERSION, "goldens": {}}
         rebuild = (f"`parity goldens regenerate --rebuild{self._dir_option()}` (it moves the store's files aside, "
                    "deleting nothing, and writes every golden anew)")
-        fix = (f"restore it{f' (`git checkout -- {p}`)' if self.is_committed else ''} or run {rebuild}")
+        fix = (f"restore it{f' (`git checkout -- {p}`)' if self.is_committed else ''} or run {rebuild}"
+               if not self.read_only else REINSTALL)
         try:
-            data = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise GoldenCorrupt(f"golden manifest {p} is not valid JSON ({exc}); {fix}") from None
+            data = parse_json(p.read_text(), f"golden manifest {p}")
+        except ValueError as exc:  # not JSON, not text, or nested past what the harness parses
+            raise GoldenCorrupt(f"{exc}; {fix}") from None
         if not (isinstance(data, dict) and data.get("format") == FORMAT and isinstance(data.get("goldens"), dict)):
             raise GoldenCorrupt(f"golden manifest {p} is not a {FORMAT!r} manifest "
                                 f"(expected an object with format and goldens); {fix}")
@@ -214,13 +220,63 @@ class GoldenStore:
         return data
 
     def _dir_option(self) -> str:
+        """The option of `parity goldens regenerate` that writes this store. The installed copy is never
+        written: its advice names the golden cache, where `--goldens` and `--no-reference` look next."""
+        if self.read_only:
+            return " --cache"
         if self.is_committed:
             return ""
         return " --cache" if self.root.resolve() == cache_dir().resolve() else f" --dir {self.root}"
 
-    def regenerate_command(self, case: Case, case_file: str | None = None) -> str:
+    def regenerate_command(self, case: Case | None, case_file: str | None = None) -> str:
+        """The command that writes the golden of `case`, or of every case in `case_file` when given."""
         select = f"--case-file {case_file}" if case_file else f"--case {case.id}"
         return f"parity goldens regenerate {select}{self._dir_option()}"
+
+    def filed_case(self, case_id: str, entry) -> Case | None:
+        """The case an entry is filed under, from its own record of it or, when that was edited away,
+        from where the harness also wrote it down. None when nothing says; a case counts only if its id
+        is `case_id` (an id ends in a hash of the whole case)."""
+        for data in self._records_of(case_id, entry):
+            try:
+                case = Case.from_dict(data)
+            except (ValueError, TypeError):
+                continue
+            if case.id == case_id:
+                return case
+        return None
+
+    def _records_of(self, case_id: str, entry):
+        """Each record of what case `case_id` is, most direct first, read as needed: the entry's case, the
+        curated case of that id (the committed store), and the case in the header of the entry's tensor
+        file and of any file named after `case_id` (should the entry's file name be edited too)."""
+        yield entry.get("case") if isinstance(entry, dict) else entry
+        if self.is_committed:
+            yield from (c.to_dict() for c in curated_cases() if c.id == case_id)
+        name = entry.get("file") if isinstance(entry, dict) else None
+        files = [self.root / name] if isinstance(name, str) and Path(name).name == name else []  # the store's own
+        for path in files + sorted(self.root.glob(f"{safe_name(case_id)}.*.safetensors")):
+            try:
+                yield case_of_file(path)
+            except RecursionError:  # a header nested past what the parser takes
+                continue
+
+    def repair_advice(self, case_id: str, entry, case_file: str | None = None) -> str:
+        """What repairs the store when the golden filed under `case_id` is unreadable: regenerating that
+        case (regenerate replaces an unreadable entry), if the store or `case_file` still says what it
+        was, else a rebuild from the store's tensor files (moved aside, nothing deleted). Regenerating
+        the case a hand-edited entry names instead would leave the entry as it is."""
+        if self.read_only:  # a golden in the cache would not help: a corrupt store is always an error
+            return REINSTALL
+        filed = self.filed_case(case_id, entry)
+        if filed is not None or case_file:
+            return f"run `{self.regenerate_command(filed, case_file)}`"
+        if self.is_committed:
+            return (f"restore the manifest (`git checkout -- {self.manifest_path}`) or run `parity goldens "
+                    "regenerate --prune`, which rewrites every curated case's golden and drops the entries of other "
+                    "cases")
+        return (f"run `parity goldens regenerate --rebuild{self._dir_option()}`, which moves the store's files aside "
+                "(deleting nothing) and writes anew the golden of every case their headers name")
 
     # -- reading -----------------------------------------------------------------------------------
     def entries(self) -> dict[str, dict]:
@@ -242,12 +298,28 @@ class GoldenStore:
             tensors = self._read_tensors(case.id, entry, case_file)
         return (tensors, *self._check_current(case, entry, tensors, case_file))
 
+    def check_stored(self, case_id: str) -> None:
+        """What can be checked from the store alone, without rebuilding the case's weights or inputs
+        (seconds for a 131,072-token case): the entry's checksum, the tensor file's size and sha256,
+        each tensor's sha256, and the reference fingerprint. `check` adds the comparison with what the
+        case's seeds build today (`parity goldens verify` recomputes the reference too)."""
+        with self._lock(exclusive=False):
+            entry = self.read_manifest()["goldens"].get(case_id)
+            if entry is None:
+                raise GoldenMissing(f"no golden for case {case_id} in {self.label}")
+            self._read_tensors(case_id, entry)
+        current = reference_fingerprint()
+        if entry["fingerprint"] != current:
+            case = Case.from_dict(entry["case"])
+            raise GoldenStale(f"golden {case_id} in {self.label} is stale: written by reference fingerprint "
+                              f"{entry['fingerprint']}, the reference code is now {current}; regenerate it with "
+                              f"`{self.regenerate_command(case)}`")
+
     def _read_tensors(self, case_id: str, entry, case_file: str | None = None) -> dict[str, torch.Tensor]:
         """The golden's tensors, after checking its manifest entry, its file's size and sha256, and that
         file and entry describe the same tensors."""
         valid = isinstance(entry, dict) and _valid_case(entry.get("case"))
-        fix = f"run `{self.regenerate_command(Case.from_dict(entry['case']), case_file)}`" if valid else \
-            f"run `parity goldens regenerate --case {case_id}{self._dir_option()}`"
+        fix = self.repair_advice(case_id, entry, case_file)
         where = f"golden {case_id} in {self.label}"
         if not isinstance(entry, dict) or entry.get("checksum") != _checksum(entry):
             raise GoldenCorrupt(f"{where}: its manifest entry in {self.manifest_path} was edited (its checksum does "
@@ -368,8 +440,9 @@ class GoldenStore:
                         f"{(others + len(data)) / 2**20:.1f} MiB, over its budget of {self.budget / 2**20:.0f} MiB; "
                         "judge fewer rows (compare_last), shorten the case, or keep it in a case file outside cases/ "
                         "(its golden then goes to the local cache). Nothing was written")
-            if entry["file"] != (old or {}).get("file") or not (self.root / entry["file"]).exists():
-                write_bytes(self.root / entry["file"], data, pause=_pause)
+            path = self.root / entry["file"]
+            if not _holds(path, data):  # a file of this name may be a damaged copy: the name proves nothing
+                write_bytes(path, data, pause=_pause)
                 _pause()
             goldens[case.id] = entry
             write_json(self.manifest_path, manifest, pause=_pause)
@@ -430,6 +503,14 @@ class GoldenStore:
 
     def size(self) -> int:
         return sum(e["bytes"] for e in self.entries().values())
+
+
+def _holds(path: Path, data: bytes) -> bool:
+    """Whether the file at `path` holds exactly `data`."""
+    try:
+        return path.stat().st_size == len(data) and path.read_bytes() == data
+    except OSError:
+        return False
 
 
 def _valid_case(data) -> bool:

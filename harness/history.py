@@ -20,11 +20,13 @@ from 0.1 to 0.3 there is no warning of anything.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import json
 import os
 import platform
 import secrets
+import shlex
 import sqlite3
 import subprocess
 from dataclasses import dataclass
@@ -34,6 +36,9 @@ DRIFT_FACTOR = 1.5
 DRIFT_FLOOR = 1.0
 FORMAT_VERSION = 1
 BUSY_TIMEOUT_S = 120  # writers wait this long for another writer's transaction before giving up
+# SQLite's primary result codes (sqlite3.SQLITE_* only from Python 3.11): a damaged file, a file that is no database
+SQLITE_CORRUPT = 11
+SQLITE_NOTADB = 26
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checks (
@@ -158,6 +163,8 @@ class History:
         try:
             if create:  # under the write lock, so that two first writers create the table once
                 db.execute("BEGIN IMMEDIATE")
+            self._check_integrity(db)  # before the first write, and before a read can half-succeed
+            if create:
                 if not db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall():
                     for statement in SCHEMA.split(";"):
                         if statement.strip():
@@ -166,14 +173,12 @@ class History:
                 db.execute("COMMIT")
             version = db.execute("PRAGMA user_version").fetchone()[0]
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        except sqlite3.OperationalError as exc:  # locked past the timeout, read-only, disk full
+        except HistoryError:
             db.close()
-            raise HistoryError(f"history {self.path} cannot be used: {exc} (another writer may have held it for "
-                               f"{BUSY_TIMEOUT_S} s)") from None
+            raise
         except sqlite3.DatabaseError as exc:
             db.close()
-            raise HistoryError(f"history {self.path} is not a SQLite database ({exc}); move it aside and let the "
-                               "next run start a new one") from None
+            raise self._unusable(exc) from None
         if version != FORMAT_VERSION or "checks" not in tables:
             db.close()
             raise HistoryError(f"history {self.path} is not a parity history of format version {FORMAT_VERSION} "
@@ -181,9 +186,49 @@ class History:
                                "the next run start a new one")
         return db
 
+    def _check_integrity(self, db: sqlite3.Connection) -> None:
+        """SQLite's quick_check (every page of every table and index, in milliseconds for 100,000 rows): a
+        damaged history fails some reads, passes others and takes new rows as if it were sound, so it
+        is refused whole, before anything is read from or written to it."""
+        found = [line.strip() for r in db.execute("PRAGMA quick_check(3)") for line in str(r[0]).splitlines()]
+        if found != ["ok"]:
+            problems = [f for f in found if f and not f.startswith("***")]  # not the "*** in database main ***" heading
+            raise self._damaged("; ".join(problems or found))
+
+    def _damaged(self, detail: str) -> HistoryError:
+        here, aside = shlex.quote(str(self.path)), shlex.quote(f"{self.path}.damaged")
+        return HistoryError(f"history {self.path} is damaged (SQLite's integrity check: {detail}); nothing was read "
+                            f"from or written to it. Fix: move it aside (`mv {here} {aside}`) and the next run "
+                            f"starts a new history (`sqlite3 {aside} .recover` prints the rows it can salvage)")
+
+    def _unusable(self, exc: sqlite3.DatabaseError) -> HistoryError:
+        """The HistoryError of an error SQLite raised on this file: damage, a file that is no database, or
+        a lock held past the busy timeout, read-only storage or a full disk."""
+        code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+ (extended codes); the message before that
+        code = None if code is None else code & 0xFF
+        if code == SQLITE_NOTADB or (code is None and "not a database" in str(exc)):
+            return HistoryError(f"history {self.path} is not a SQLite database ({exc}); move it aside and let the "
+                                "next run start a new one")
+        if code == SQLITE_CORRUPT or (code is None and "malformed" in str(exc)):
+            return self._damaged(str(exc))
+        return HistoryError(f"history {self.path} cannot be used: {exc} (another writer may have held it for "
+                            f"{BUSY_TIMEOUT_S} s)")
+
+    @contextlib.contextmanager
+    def _open(self, create: bool):
+        """A checked connection, closed afterwards; SQLite's errors while it is used become HistoryErrors."""
+        db = self._connect(create)
+        try:
+            yield db
+        except sqlite3.DatabaseError as exc:
+            raise self._unusable(exc) from None
+        finally:
+            db.close()
+
     def check_writable(self) -> None:
         """Create the file if needed and check it is a history this harness can write (HistoryError)."""
-        self._connect(create=True).close()
+        with self._open(create=True):
+            pass
 
     def append(self, records: list[dict], source: str, run: str | None = None, commit: str | None = None,
                versions: dict | None = None, time: str | None = None) -> str:
@@ -195,40 +240,32 @@ class History:
         rows = [(run, time, source, commit, r["id"], r["candidate"], r["verdict"], r.get("worst_ratio"),
                  r.get("first_divergent_stage"), json.dumps(stage_ratios(r), sort_keys=True), versions,
                  json.dumps(r.get("info") or {}, sort_keys=True)) for r in records]
-        db = self._connect(create=True)
         try:
-            db.execute("BEGIN IMMEDIATE")  # take the write lock now, waiting for other writers
-            db.executemany("INSERT INTO checks (run, time, source, commit_sha, case_id, candidate, verdict, worst_ratio, "
-                           "first_divergent_stage, stage_ratios, versions, info) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
-            db.execute("COMMIT")
-        except sqlite3.OperationalError as exc:
-            raise HistoryError(f"history {self.path}: the run's {len(rows)} row(s) were not written: {exc} (another "
-                               f"writer may have held it for {BUSY_TIMEOUT_S} s)") from None
-        finally:
-            db.close()
+            with self._open(create=True) as db:
+                db.execute("BEGIN IMMEDIATE")  # take the write lock now, waiting for other writers
+                db.executemany("INSERT INTO checks (run, time, source, commit_sha, case_id, candidate, verdict, "
+                               "worst_ratio, first_divergent_stage, stage_ratios, versions, info) "
+                               "VALUES (?,?,?,?,?,?,?,?,?,?,?,?)", rows)
+                db.execute("COMMIT")
+        except HistoryError as exc:
+            raise HistoryError(f"{exc}; the run's {len(rows)} row(s) were not written") from None
         return run
 
     def rows(self, run: str | None = None) -> list[Row]:
-        db = self._connect(create=False)
-        try:
-            query = ("SELECT run, time, source, commit_sha, case_id, candidate, verdict, worst_ratio, "
-                     "first_divergent_stage, stage_ratios, versions, info FROM checks")
+        query = ("SELECT run, time, source, commit_sha, case_id, candidate, verdict, worst_ratio, "
+                 "first_divergent_stage, stage_ratios, versions, info FROM checks")
+        with self._open(create=False) as db:
             found = db.execute(query + (" WHERE run = ?" if run else "") + " ORDER BY id",
                                (run,) if run else ()).fetchall()
-        finally:
-            db.close()
         return [Row(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], r[8], json.loads(r[9]), json.loads(r[10]),
                     json.loads(r[11])) for r in found]
 
     def runs(self) -> list[Run]:
         """Every run, oldest first."""
-        db = self._connect(create=False)
-        try:
+        with self._open(create=False) as db:
             found = db.execute("SELECT run, MIN(time), MIN(source), MIN(commit_sha), COUNT(*), "
                                "SUM(verdict != 'pass' AND verdict != 'unsupported') FROM checks GROUP BY run "
                                "ORDER BY MIN(id)").fetchall()
-        finally:
-            db.close()
         return [Run(*r) for r in found]
 
     def series(self, case_id: str, candidate: str) -> list[Row]:

@@ -1,14 +1,23 @@
 """Failure repros: a failing case is saved with the candidate that failed it, as a small JSON file,
-and `parity replay FILE` reruns exactly that case (the same tensors, rebuilt from seeds)."""
+and `parity replay FILE` reruns exactly that case (the same tensors, rebuilt from seeds).
+
+A repro file is an input like any other, and the candidate it names is a code path: replaying
+`mypkg.attn:Block` imports mypkg.attn, which runs its code. So replay imports a candidate named by a
+file only when it is the harness's own (`shipped`), or when the command line names it (`--candidate`)
+or trusts the file (`--trust-candidate`); the replay command printed after a failure names a
+candidate of the user's with --candidate, so it works when pasted."""
 
 from __future__ import annotations
 
 import os
+import shlex
+import sys
 from pathlib import Path
 
+from harness.candidates.registry import BUILTIN, NEURON
 from harness.case import Case
-from harness.jsonfile import read_json, write_json
 from harness.compare import Verdict
+from harness.jsonfile import read_json, write_json
 
 DEFAULT_DIR = ".parity/failures"
 
@@ -48,5 +57,29 @@ def load_failure(path: str | Path) -> tuple[Case, str]:
     return Case.from_dict(record["case"], source=str(p)), record["candidate"]
 
 
+def shipped(candidate: str) -> bool:
+    """Whether `candidate` names code of the harness itself (a built-in, a self-test variant, or the
+    Neuron SDK's modules), which loading it cannot turn into anything else."""
+    return candidate in BUILTIN or candidate in NEURON or candidate.partition(":")[0] in ("mutant", "benign")
+
+
+def replay_candidate(path: str | Path, saved: str, trusted: bool) -> str:
+    """The candidate a replay of `path` loads when the command line names none: the saved one, if it is
+    shipped or the file is `trusted`; ValueError saying how to run it otherwise."""
+    if shipped(saved):
+        return saved
+    command = f"parity replay {shlex.quote(str(path))}"
+    if not trusted:
+        raise ValueError(f"repro file {path} names the candidate {saved}, code outside the harness; it was not "
+                         f"imported (importing a module runs its code). To replay it, name it yourself: `{command} "
+                         f"--candidate {shlex.quote(saved)}`, or, if you trust the file, `{command} --trust-candidate`")
+    print(f"importing candidate {saved}, named by repro file {path} (--trust-candidate)", file=sys.stderr)
+    return saved
+
+
 def replay_command(path: Path) -> str:
-    return f"parity replay {path}"
+    """The command printed after a failure. A candidate outside the harness goes on the command line,
+    since replay imports no code a file alone names (`replay_candidate`): pasted, it runs as printed."""
+    candidate = read_json(path, "repro file")["candidate"]  # the file just written, holding what it replays
+    command = f"parity replay {shlex.quote(str(path))}"
+    return command if shipped(candidate) else f"{command} --candidate {shlex.quote(candidate)}"

@@ -13,6 +13,7 @@ from harness.candidates import Candidate, CandidateResult, CandidateUnsupported,
 from harness.case import Case
 from harness.compare import Bounds, Divergence, Verdict, compare
 from harness.expected import Expected, ExpectedFn, compute_expected, next_input
+from harness.guard import CandidateMisbehaved, inputs_kept, process_kept
 from harness.isolation import diagnose
 from harness.probes import BINDING, STRICT, judge_probe
 from harness.timelimit import CandidateTimeout, limit_for, time_limit
@@ -26,6 +27,7 @@ class CandidateFailure:
     verdict: str
     summary: str  # the exception's last line
     traceback: str  # the whole traceback, kept in repro files and JSON, printed with -v
+    says_who: bool = False  # the summary names the candidate and what it did (harness/guard.py)
 
 
 def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch, **kwargs) -> CandidateResult | CandidateFailure:
@@ -35,9 +37,14 @@ def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch, **kwargs)
         return CandidateFailure("unsupported", f"candidate {candidate.name} does not accept a KV cache (plan from_cache); "
                                 "a candidate that can declares accepts_cache = True (harness/candidates/protocol.py)", "")
     seconds = limit_for(candidate)
+    what = f"candidate {candidate.name}"
     try:
-        with torch.no_grad(), time_limit(seconds, f"candidate {candidate.name}"), section("candidate"):
+        # guards outside the clock's "candidate" section: their copies are the harness's cost, not the block's
+        with torch.no_grad(), time_limit(seconds, what), process_kept(what), \
+                inputs_kept(what, spec=spec, batch=batch, **kwargs), section("candidate"):
             return normalise_result(candidate.run(spec, batch, taps=True, **kwargs), candidate.name)
+    except CandidateMisbehaved as exc:  # ended the process or wrote to its inputs (harness/guard.py)
+        return CandidateFailure("error", str(exc), "", says_who=True)
     except CandidateTimeout as exc:
         return CandidateFailure("timeout", str(exc), traceback.format_exc())
     except CandidateUnsupported as exc:
@@ -80,8 +87,9 @@ def run_probes(candidate, expected: Expected, baseline: torch.Tensor, v: Verdict
 def _verdict(case_id, candidate, result, expected: Expected, bounds) -> Verdict:
     if isinstance(result, CandidateFailure):
         what = {"error": "raised", "timeout": "timed out:", "unsupported": "cannot run this case:"}[result.verdict]
-        return Verdict(case_id, candidate.name, result.verdict, traceback=result.traceback,
-                       message=f"case {case_id} / candidate {candidate.name}: {what} {result.summary}")
+        message = (f"case {case_id} / {result.summary}" if result.says_who else
+                   f"case {case_id} / candidate {candidate.name}: {what} {result.summary}")
+        return Verdict(case_id, candidate.name, result.verdict, traceback=result.traceback, message=message)
     with section("compare"):
         v = compare(case_id, candidate.name, expected.batch, expected.oracle, expected.reference,
                     result.output, result.taps, bounds, expected.spec.dtype)

@@ -48,7 +48,12 @@ def checks_markdown(data: dict, source: str) -> str:
     title = f"{len(records) - len(bad) - len(unsupported)} checks passed, {len(bad)} failed"
     if unsupported:
         title += f", {len(unsupported)} unsupported"
-    lines = [f"## {'❌' if bad else '✅'} gpt-oss attention parity: {title}", ""]
+    incomplete = summary.get("complete") is False
+    lines = [f"## {'❌' if bad or incomplete else '✅'} gpt-oss attention parity: {title}", ""]
+    if incomplete:
+        lines += [f"**INCOMPLETE: the run ended before every planned check had a verdict** "
+                  f"({summary.get('checks', len(records))} of {summary.get('planned', '?')} planned); "
+                  "green here proves nothing about the rest.", ""]
     outcomes = summary.get("pytest")
     if outcomes:
         lines += ["pytest: " + ", ".join(f"{n} {k}" for k, n in outcomes.items() if n), ""]
@@ -109,3 +114,20 @@ def destination(out: str | None) -> Path | None:
     """Where the summary goes: --out, else $GITHUB_STEP_SUMMARY (appended, as GitHub expects), else stdout."""
     value = out or os.environ.get("GITHUB_STEP_SUMMARY")
     return Path(value) if value else None
+
+
+def incomplete(path: str | Path) -> str | None:
+    """Why the results in `path` do not prove every planned check ran (None when they do): the
+    completion record a run writes last (`summary.complete`), which a run that ended early (killed,
+    or a process ended by native code) never sets. A file without one is not trusted either."""
+    data = read_json(path, "results file")
+    if isinstance(data, dict) and isinstance(data.get("mutants"), list):
+        return None if (data.get("summary") or {}).get("ok") is not None else "a self-test matrix without its summary"
+    summary = data.get("summary") if isinstance(data, dict) else None
+    complete = summary.get("complete") if isinstance(summary, dict) else None
+    if complete is True:
+        return None
+    if complete is False:
+        return (f"the run ended before every planned check had a verdict ({summary.get('checks')} of "
+                f"{summary.get('planned', 'the planned')} checks recorded)")
+    return "the file holds no completion record (summary.complete); it was not written by a run that finished"

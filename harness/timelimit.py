@@ -19,6 +19,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+
+from harness.guard import real_exit
 
 DEFAULT_SECONDS = 600.0
 GRACE_SECONDS = float(os.environ.get("PARITY_TIME_LIMIT_GRACE") or 60)  # tests shorten it
@@ -44,12 +47,23 @@ def limit_for(candidate) -> float:
     return float(own) if isinstance(own, (int, float)) and own >= 0 else DEFAULT_SECONDS
 
 
+# Called (in the watchdog's thread) with the message before the process exits: the pytest plugin prints
+# it past pytest's output capture and writes the JUnit XML and JSON results of what ran.
+on_stuck: list[Callable[[str], None]] = []
+
+
 def _stuck(what: str, seconds: float, started: float) -> None:
-    print(f"\nparity: {what} has run for {time.monotonic() - started:.0f} s, past its time limit of {seconds:g} s, and "
-          "does not return to Python (stuck in native code, e.g. a kernel or device call); exiting with status "
-          f"{EXIT_STATUS}. Raise the limit with --time-limit / --parity-time-limit / $PARITY_TIME_LIMIT if it was "
-          "only slow", file=sys.stderr, flush=True)
-    os._exit(EXIT_STATUS)
+    message = (f"\nparity: {what} has run for {time.monotonic() - started:.0f} s, past its time limit of {seconds:g} "
+               "s, and does not return to Python (stuck in native code, e.g. a kernel or device call); exiting with "
+               f"status {EXIT_STATUS}. Raise the limit with --time-limit / --parity-time-limit / $PARITY_TIME_LIMIT if "
+               "it was only slow")
+    print(message, file=sys.stderr, flush=True)
+    for callback in list(on_stuck):
+        try:
+            callback(message)
+        except Exception as exc:  # noqa: BLE001 (the exit below must happen whatever a callback does)
+            print(f"parity: while exiting: {type(exc).__name__}: {exc}", file=sys.__stderr__, flush=True)
+    real_exit(EXIT_STATUS)  # not os._exit: a candidate call patches that (harness/guard.py)
 
 
 @contextlib.contextmanager

@@ -114,3 +114,72 @@ def _float32_block(spec, batch, F):
     normed = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + 1e-5) * w["norm.scale"]
     qkv = F.linear(normed, w["qkv.weight"], w["qkv.bias"])  # a dtype error here if weights stayed bf16
     return run_reference(spec, batch)["output"] + 0 * qkv.sum()
+
+
+# --- hostile candidates (issue 20): each must fail by name, never pass, never get another blamed ---
+
+def _correct_then(act):
+    """A correct block that does something it must not after computing its output."""
+    def run(spec, batch, *, taps=False):
+        out = run_reference(spec, batch, taps=taps)
+        act(spec, batch)
+        return CandidateResult(out.pop("output"), out)
+    return run
+
+
+def _exit(code):
+    def act(spec, batch):
+        import sys
+
+        sys.exit(code)
+    return act
+
+
+def _os_exit(spec, batch):
+    import os
+
+    os._exit(0)
+
+
+def _scale_weights(spec, batch):
+    spec.weights["qkv.weight"].mul_(3)
+
+
+def _scale_hidden(spec, batch):
+    batch.hidden.mul_(2)
+
+
+exits_0 = _Named("exits_0", _correct_then(_exit(0)))
+exits_1 = _Named("exits_1", _correct_then(_exit(1)))
+os_exits = _Named("os_exits", _correct_then(_os_exit))
+mutates_weights = _Named("mutates_weights", _correct_then(_scale_weights))
+mutates_hidden = _Named("mutates_hidden", _correct_then(_scale_hidden))
+
+
+class exits_on_build:  # noqa: N801 (a class given by path, as a user would)
+    """sys.exit while being built: a load, not a check, so the run refuses it as bad input."""
+    name = "exits_on_build"
+
+    def __init__(self):
+        import sys
+
+        sys.exit(0)
+
+    def run(self, spec, batch, *, taps=False):
+        raise AssertionError("never built")
+
+
+def sleeps_on_long_rows(spec, batch):
+    """Correct on rows of up to 10 tokens, hangs (in Python) on longer ones: a run that is killed midway."""
+    import time
+
+    if batch.hidden.shape[1] > 10:
+        time.sleep(600)
+    return run_reference(spec, batch)["output"]
+
+
+def native_exit(spec, batch):
+    """Ends the process from native code with status 0 (the C library's _exit): no Python guard sees it."""
+    import ctypes
+
+    ctypes.CDLL(None)._exit(0)

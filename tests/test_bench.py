@@ -33,9 +33,12 @@ def test_the_clock_attributes_nested_sections_once():
 def test_targets_are_read_from_the_figures():
     row = {"seconds": 30.0, "peak_gib": 2.5}
     figures = {"row_131071": {"sliding": row, "full": {**row, "seconds": 61.0}},
-               "oracle_prefill_8192": {"peak_gib": 3.0, "seconds": 9.0}, "overhead": {"ratio": 1.2}}
+               "oracle_prefill_8192": {"peak_gib": 3.0, "seconds": 9.0}, "overhead": {"ratio": 1.2},
+               "default_sweep": {"wall_s": 59.0, "checks": 95, "failed": 0}}
     t = targets(figures)
-    assert list(t.values()) == [False, True, True]
+    assert list(t.values()) == [True, False, True, True]
+    figures["default_sweep"] = {"error": "exit 1: a check failed", "wall_s": 20.0}
+    assert list(targets(figures).values())[0] is False
 
 
 @pytest.mark.slow
@@ -45,6 +48,7 @@ def test_bench_command_quick(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "overhead: built-in sweep" in text and "growth with length" in text and "targets:" in text
     data = json.loads(out.read_text())
-    assert {"overhead", "memory", "row_131071", "hypothesis", "growth", "targets", "machine"} <= set(data)
+    assert {"default_sweep", "overhead", "memory", "row_131071", "hypothesis", "growth", "targets", "machine"} <= set(data)
+    assert "default sweep (`parity run` --quick" in text and data["default_sweep"]["failed"] == 0
     assert data["row_131071"]["full"]["verdict"] == "pass"
     assert data["overhead"]["ratio"] > 1

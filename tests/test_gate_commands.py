@@ -4,6 +4,7 @@ progress lines a CI log can show."""
 import io
 import json
 import shutil
+import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
@@ -132,6 +133,43 @@ def test_doctor_exits_1_naming_what_is_missing(no_golden_check, capsys):
     assert "a Neuron device: no /dev/neuron* here; run on a trn1 or trn2 instance" in capsys.readouterr().err
 
 
+def test_doctor_checks_goldens_without_building_or_computing_anything(monkeypatch, capsys):
+    """doctor ran for minutes rebuilding the 131,072-token prefixes of the long goldens: it now checks the
+    stores from what they hold (hashes, fingerprint) and never builds weights, inputs or a reference."""
+    import harness.batch
+    import harness.expected
+    import harness.goldens
+    import harness.prefix
+    import harness.produce
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("parity doctor built or computed a case")
+
+    for module, name in ((harness.produce, "run_reference"), (harness.produce, "run_oracle"),
+                         (harness.expected, "compute_expected"), (harness.goldens, "compute_expected"),
+                         (harness.prefix, "prefix_pass"), (harness.batch, "make_batch"),
+                         (harness.goldens, "make_batch"), (harness.goldens, "layer_specs"),
+                         (harness.batch, "layer_specs")):
+        monkeypatch.setattr(module, name, forbidden)
+    assert cli.main(["doctor", "--require", "goldens"]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(curated_cases())} golden(s)" in out and "all usable" in out
+    monkeypatch.setattr(harness.goldens, "reference_fingerprint", lambda: "0123456789abcdef")
+    assert cli.main(["doctor", "--require", "goldens"]) == 1
+    out = capsys.readouterr().out
+    assert f"{curated_cases()[0].id}: stale (" in out and "reference code is now 0123456789abcdef" in out
+
+
+def test_doctor_prints_its_first_lines_before_importing_torch():
+    """A line before anything slow: the versions come first, before torch is imported."""
+    code = ("import sys\nfrom harness.doctor import gather\n"
+            "gather(lambda label, value: print(label, 'torch' in sys.modules, flush=True))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first = out.stdout.splitlines()[0].split()
+    assert first == ["gpt-oss-parity", "False"], out.stdout[:500]
+
+
 def test_doctor_finds_corrupt_and_missing_goldens(tmp_path, monkeypatch, capsys):
     kept = curated_cases()[0]
     store_dir = tmp_path / "goldens"
@@ -149,3 +187,19 @@ def test_doctor_finds_corrupt_and_missing_goldens(tmp_path, monkeypatch, capsys)
     assert f"1 golden(s)" in out.out and f"{n} missing, stale or corrupt" in out.out
     assert f"{kept.id}: corrupt (" in out.out and f"{curated_cases()[1].id}: missing" in out.out
     assert "usable goldens" in out.err
+
+
+def test_summary_require_complete_fails_closed(tmp_path, capsys):
+    """A gate is green only when every planned check ran: a results file whose run ended early (or that
+    carries no completion record at all) fails `parity summary --require-complete`."""
+    record = {"id": "c", "candidate": "x", "verdict": "pass", "worst_ratio": 1.0}
+    for summary, status in (({"checks": 1, "failed": 0, "planned": 1, "complete": True}, 0),
+                            ({"checks": 1, "failed": 0, "planned": 3, "complete": False}, 1),
+                            ({"checks": 1, "failed": 0}, 1)):
+        path = tmp_path / "r.json"
+        path.write_text(json.dumps({"cases": [record], "summary": summary}))
+        assert cli.main(["summary", str(path), "--require-complete"]) == status
+        out = capsys.readouterr()
+        assert ("INCOMPLETE" in out.err) == bool(status)
+        assert cli.main(["summary", str(path)]) == 0  # without the option: the markdown, whatever it says
+        assert ("INCOMPLETE: the run ended" in capsys.readouterr().out) == (summary.get("complete") is False)

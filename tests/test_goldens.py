@@ -4,6 +4,7 @@ and the fix, stale goldens never used, crash- and concurrency-safe writes, and r
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import struct
@@ -18,6 +19,7 @@ import torch
 import harness.cli_goldens
 import harness.expected
 import harness.goldens
+import harness.sweep
 from harness import cli
 from harness.candidates import load_candidate
 from harness.case import Case, curated_cases
@@ -490,6 +492,62 @@ def test_an_entry_describing_another_case_is_corrupt_not_verified(store, edit, c
     assert listed and "corrupt" in listed[0]
 
 
+def _follow_the_advice(line: str) -> int:
+    """Run the one command a CORRUPT line of `goldens verify` names, exactly as printed."""
+    import shlex
+
+    commands = re.findall(r"`(parity goldens [^`]*)`", line)
+    assert len(commands) == 1, line
+    return cli.main(shlex.split(commands[0])[1:])
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def _alias_with_its_file_gone(store: GoldenStore) -> None:
+    _file_of(store, CASES[0]).unlink()
+    DAMAGES["alias and file"](store)
+
+
+DAMAGES = {
+    # the entry of CASES[0] made to describe CASES[2], checksum recomputed: only the alias is wrong
+    "alias": lambda store: _edit_entry(store, CASES[0].id, lambda e: e.update(case=CASES[2].to_dict())),
+    # its file pointed at CASES[2]'s too: only the tensor file no entry names says what CASES[0] was
+    "alias and file": lambda store: _edit_entry(store, CASES[0].id, lambda e: e.update(
+        case=CASES[2].to_dict(), file=store.entries()[CASES[2].id]["file"])),
+    # and that file gone: nothing in the store says what CASES[0] was, and it cannot come back
+    "alias, file gone": _alias_with_its_file_gone,
+    # the file damaged under its own name: regenerate said "replaced" and kept the damaged file
+    "flipped byte": lambda store: _flip_a_byte(_file_of(store, CASES[0])),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_the_advice_for_a_damaged_golden_repairs_the_store(store, damage, capsys):
+    """verify's advice for a damaged golden, followed exactly as printed, leaves a store that verifies,
+    with every case's golden in it that the store still knows (advice that exits 0 and leaves the store
+    corrupt does not count), and nothing deleted."""
+    DAMAGES[damage](store)
+    files = {p.name: p.read_bytes() for p in store.root.glob("*.safetensors")}
+    assert cli.main(["goldens", "verify", "--dir", str(store.root)]) == 1
+    out = capsys.readouterr().out
+    (line,) = [x for x in out.splitlines() if x.startswith(f"{CASES[0].id}: ")]
+    if damage.startswith("alias"):
+        assert f"describes case {CASES[2].id}, not the case it is filed under" in line
+        assert ("--rebuild" in line) == (damage == "alias, file gone"), line  # else regenerate --case CASES[0]
+    assert _follow_the_advice(line) == 0, capsys.readouterr()
+    capsys.readouterr()
+    assert cli.main(["goldens", "verify", "--dir", str(store.root)]) == 0, capsys.readouterr().out
+    known = CASES[1:] if damage == "alias, file gone" else CASES
+    assert f"{len(known)} of {len(known)} golden(s) verified, 0 problem(s)" in capsys.readouterr().out
+    assert sorted(store.entries()) == sorted(c.id for c in known)
+    kept = {p.name: p.read_bytes() for p in store.root.rglob("*.safetensors")}  # moved aside by --rebuild, if so
+    assert all(kept.get(name) == data for name, data in files.items() if damage != "flipped byte")
+
+
 def test_the_fix_named_for_a_tampered_committed_golden_works(tmp_path, monkeypatch, capsys):
     shutil.copytree(ROOT / "cases" / "goldens", tmp_path / "goldens", ignore=shutil.ignore_patterns(".lock"))
     monkeypatch.setenv("PARITY_GOLDEN_DIR", str(tmp_path / "goldens"))
@@ -562,3 +620,32 @@ def test_leftovers_go_even_when_nothing_changes(store, capsys):
     assert cli.main(["goldens", "regenerate", "--dir", str(store.root)]) == 0
     assert f"{len(CASES)} unchanged" in capsys.readouterr().out
     assert not store.stray_files()
+
+
+def test_the_missing_golden_advice_of_an_installed_store_works_when_pasted(tmp_path, monkeypatch, capsys):
+    """In a user's repository the committed store is the read-only installed copy: the advice for a
+    missing golden named a command that was refused (the store is never written). It now names the
+    golden cache, where --no-reference looks next: pasted as printed, the rerun passes."""
+    import shlex
+
+    monkeypatch.setattr(harness.goldens, "running_from_checkout", lambda: False)
+    monkeypatch.delenv("PARITY_GOLDEN_DIR", raising=False)
+    monkeypatch.setenv("PARITY_GOLDEN_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("PARITY_FAILURES_DIR", str(tmp_path / "failures"))
+    assert GoldenStore.committed().read_only
+    case_file = write_json(tmp_path / "mine.json", {"layer": 1, "lengths": [9]})
+    run = ["run", "--no-reference", "--candidate", "emulation", "--case-file", str(case_file)]
+    assert cli.main(run) == 2
+    err = capsys.readouterr().err
+    advice = err.split("create it with `")[1].split("`")[0]
+    assert advice.endswith("--cache"), err
+    assert cli.main(shlex.split(advice)[1:]) == 0, capsys.readouterr().err
+    assert cli.main(run) == 0, capsys.readouterr()
+    # a sweep case is named by id alone, and regenerate knows it
+    sweep_case = harness.sweep.default_cases(quick=True)[0]
+    with pytest.raises(GoldenMissing) as missing:
+        GoldenSource.stores(compute=False)(sweep_case)
+    advice = str(missing.value).split("create it with `")[1].split("`")[0]
+    assert advice == f"parity goldens regenerate --case {sweep_case.id} --cache"
+    assert cli.main(shlex.split(advice)[1:]) == 0
+    assert GoldenSource.stores(compute=False)(sweep_case)

@@ -1,9 +1,14 @@
 """Ratio history: one row per check, safe under concurrent writers, drift flagged against a baseline
 run, runs recorded by `parity run` listed by `parity history`, and the report's picture across runs."""
 
+import contextlib
 import json
 import multiprocessing
+import os
 import sqlite3
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -116,3 +121,99 @@ def test_the_report_plots_failing_and_drifting_checks_across_runs(tmp_path):
     assert (tmp_path / "report" / "img" / "b--mine-history.png").exists()  # failing
     assert not (tmp_path / "report" / "img" / "c--mine-history.png").exists()  # steady
     assert "PASS, drifting (2.00x)" in page
+
+
+# -- a damaged history is refused, never read into a traceback nor written to ------------------------
+
+def _damaged_history(tmp_path):
+    """A history of three runs whose pages from the third on are overwritten (a disk or a cache restore
+    gone wrong), and a case file to run. Page 1 (the header and schema) is intact, so SQLite opens the
+    file; the checks' pages are garbage, so a full read fails."""
+    cases = tmp_path / "case.json"
+    cases.write_text(json.dumps({"layer": 0, "lengths": [6]}))
+    history = tmp_path / "h.sqlite"
+    h = History(history)
+    for i in range(3):
+        h.append([_record(f"case-{i}-{j}", 1.0) for j in range(30)], "test")
+    data = bytearray(history.read_bytes())
+    with contextlib.closing(sqlite3.connect(history)) as db:
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+    assert len(data) >= 5 * page
+    data[2 * page:] = b"\x5a" * (len(data) - 2 * page)
+    history.write_bytes(bytes(data))
+    with contextlib.closing(sqlite3.connect(history)) as db, pytest.raises(sqlite3.DatabaseError, match="malformed"):
+        db.execute("SELECT * FROM checks").fetchall()  # what SQLite itself makes of it
+    return cases, history
+
+
+def test_a_damaged_history_is_refused_and_left_as_it_is(tmp_path, capsys):
+    cases, history = _damaged_history(tmp_path)
+    damaged = history.read_bytes()
+    results = tmp_path / "r.json"
+    assert cli.main(["run", "--case-file", str(cases), "--candidate", "reference", "--no-probes",
+                     "--json", str(results)]) == 0
+    capsys.readouterr()
+    commands = {"history": ["history", "--history", str(history)],
+                "report": ["report", str(results), "--history", str(history), "--out", str(tmp_path / "rep")],
+                "run": ["run", "--case-file", str(cases), "--candidate", "reference", "--no-probes",
+                        "--history", str(history)]}
+    for name, argv in commands.items():
+        assert cli.main(argv) == 2, name
+        out, err = capsys.readouterr()
+        assert f"history {history} is damaged" in err and f"mv {history} {history}.damaged" in err, (name, err)
+        assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+        assert "reference" not in out, out  # refused before anything ran
+        assert history.read_bytes() == damaged, name  # never written to
+    with pytest.raises(HistoryError, match="is damaged"):
+        History(history).check_writable()
+    assert history.read_bytes() == damaged
+
+
+def test_an_index_page_damaged_is_refused_though_reads_would_succeed(tmp_path):
+    """Damage that a plain read walks past (an index page) would be written into by the next run."""
+    h = History(tmp_path / "h.sqlite")
+    for i in range(3):
+        h.append([_record(f"case-{i}-{j}", 1.0) for j in range(30)], "test")
+    with contextlib.closing(sqlite3.connect(h.path)) as db:
+        (root,) = db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'checks_by_run'").fetchone()
+        page = db.execute("PRAGMA page_size").fetchone()[0]
+    data = bytearray(h.path.read_bytes())
+    data[(root - 1) * page:root * page] = b"\x5a" * page
+    h.path.write_bytes(bytes(data))
+    with contextlib.closing(sqlite3.connect(h.path)) as db:
+        assert len(db.execute("SELECT * FROM checks").fetchall()) == 90  # reads pass
+    for use in (h.runs, h.check_writable, lambda: h.append([_record("new", 1.0)], "test")):
+        with pytest.raises(HistoryError, match=r"is damaged \(SQLite.s integrity check: "):
+            use()
+    assert h.path.read_bytes() == bytes(data)
+
+
+def test_a_damaged_history_stops_pytest_at_start_up(tmp_path):
+    _, history = _damaged_history(tmp_path)
+    damaged = history.read_bytes()
+    (tmp_path / "test_nothing.py").write_text("def test_nothing():\n    pass\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PARITY_HISTORY")}
+    out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--parity-history",
+                          str(history), "test_nothing.py"], check=False, capture_output=True, text=True, timeout=300,
+                         cwd=tmp_path, env=env)
+    assert out.returncode == 4, out.stdout[-2000:] + out.stderr[-2000:]
+    assert f"history {history} is damaged" in out.stderr and "Traceback" not in out.stderr
+    assert history.read_bytes() == damaged
+
+
+def test_a_text_file_as_the_report_history_is_refused_within_seconds(tmp_path):
+    cases = tmp_path / "case.json"
+    cases.write_text(json.dumps({"layer": 0, "lengths": [6]}))
+    results = tmp_path / "r.json"
+    assert cli.main(["run", "--case-file", str(cases), "--candidate", "reference", "--no-probes",
+                     "--json", str(results)]) == 0
+    text = tmp_path / "notes.txt"
+    text.write_text("not a history\n" * 50)
+    started = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "harness.cli", "report", str(results), "--history", str(text),
+                          "--out", str(tmp_path / "rep")], check=False, capture_output=True, text=True,
+                         timeout=60, stdin=subprocess.DEVNULL)
+    assert out.returncode == 2 and time.monotonic() - started < 30, (out.returncode, out.stderr)
+    assert f"history {text} is not a SQLite database" in out.stderr and "move it aside" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "rep").exists()
+    assert text.read_text() == "not a history\n" * 50

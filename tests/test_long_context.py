@@ -41,8 +41,12 @@ def _ulps(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("chunk", [1, 7, 64, 4096])
 def test_row_selective_reference_equals_the_dense_one(preset_name, layer, chunk, monkeypatch):
     """The judged rows of a long-case computation (keys projected `chunk` tokens at a time) against
-    OpenAI's dense block on the same rows: bit-identical here; anywhere, within 2 ulps at under 1% of
-    elements and far inside the reference's own error (its distance to the oracle)."""
+    OpenAI's dense block on the same rows: bit-identical where the CPU's bf16 products round the same
+    whatever the number of rows (AMD EPYC, AVX512_BF16, measured). Elsewhere the products of a few rows
+    take other kernels (Intel with AMX, measured: up to 10% of out_proj elements differ, by up to 0.74
+    of the reference's own error), so what must hold everywhere is what the verdict uses: as a
+    reference it is as accurate as the dense one (its max-abs and RMS errors against the oracle within
+    2%; measured: the max equal, the RMS within 0.3%), and the two differ by less than that error."""
     monkeypatch.setattr(harness.produce, "KEY_CHUNK", chunk)
     lengths = (127, 128, 129, 130, 257) if preset_name == "small" else (128, 129, 300)
     for n in lengths:
@@ -56,18 +60,23 @@ def test_row_selective_reference_equals_the_dense_one(preset_name, layer, chunk,
             a, b = rows[stage][judged], dense[stage][judged]
             if torch.equal(a, b):
                 continue
-            ulps = _ulps(a, b)
-            own_error = float((dense[stage][judged].double() - oracle[stage][judged]).abs().max())
-            assert float(ulps.max()) <= 2 and float((ulps > 0).float().mean()) < 0.01, (n, stage)
-            assert float((a.double() - b.double()).abs().max()) <= 0.25 * own_error, (n, stage)
+            truth = oracle[stage][judged]
+            own_error, row_error = (float((t.double() - truth).abs().max()) for t in (b, a))
+            own_rms, row_rms = (float((t.double() - truth).pow(2).mean().sqrt()) for t in (b, a))
+            assert abs(row_error / own_error - 1) <= 0.02 and abs(row_rms / own_rms - 1) <= 0.02, (n, stage)
+            assert float((a.double() - b.double()).abs().max()) <= own_error, (n, stage)
         # the scores and probabilities of the judged rows, where both tap them: the same keys masked, the
-        # values equal (or, on other kernels, within the same ulp bound)
+        # values equal (or, on other kernels, as accurate against the oracle as the dense ones)
         if "scores" in dense and "scores" in rows:
             for stage, masked in (("scores", -float("inf")), ("probs", 0.0)):
                 a, b = rows[stage][:, :, judged[0]], dense[stage][:, :, judged[0]]
                 assert torch.equal(a == masked, b == masked), (n, stage)
-                ulps = _ulps(a[b != masked], b[b != masked])
-                assert float(ulps.max()) <= 2 and float((ulps > 0).float().mean()) < 0.01, (n, stage)
+                if torch.equal(a, b):
+                    continue
+                seen = b != masked
+                truth = oracle[stage][:, :, judged[0]][seen]
+                own_rms, row_rms = (float((t[seen].double() - truth).pow(2).mean().sqrt()) for t in (b, a))
+                assert abs(row_rms / own_rms - 1) <= 0.02, (n, stage, row_rms / own_rms)
 
 
 def test_from_cache_rows_equal_the_dense_reference_and_the_oracle_rows():

@@ -15,17 +15,18 @@ from harness.batch import build, layer_specs
 from harness.candidates import load_candidate
 from harness.case import Case
 from harness.expected import compute_expected
-from harness.neuron.bugs import DRIVER_MUTANTS, Bugs
+from harness.neuron.bugs import DRIVER_MUTANTS
 from harness.neuron.cache import KVCache, last_window
-from harness.neuron.candidate import NxdiEmulation, load_layer
+from harness.neuron.candidate import NxdiEmulation
 from harness.neuron.convert import ConversionError, check_loaded, harness_layout, nxdi_state_dict
-from harness.neuron.driver import Buckets, BucketError, pick
+from harness.neuron.driver import BucketError, Buckets, pick
 from harness.neuron.emulation import NxdiConventionAttention
 from harness.neuron.environment import INSTALL_LINE, NeuronUnavailable, detect
 from harness.neuron.layer import NeuronLayer
 from harness.neuron.masks import context_mask, generation_mask, ring_positions
 from harness.presets import preset
 from harness.runner import run_case
+from tests import fake_sdk
 
 ROOT = Path(__file__).resolve().parent.parent
 W = 128
@@ -284,26 +285,11 @@ def test_pytest_skips_every_neuron_test_with_one_reason():
 def test_the_device_path_builds_each_phase_and_shape_once(monkeypatch, tmp_path):
     """DeviceLayer traces one module per (phase, shape) through build_module, with the converted weights
     as its checkpoint, and runs the plan through the same driver: the result equals the eager one."""
-    import types
-
     from harness.neuron import nxdi
 
     built = []
-
-    def fake_build_module(module_cls, example_inputs, module_init_kwargs, checkpoint_path, checkpoint_loader_fn, **kw):
-        module = module_cls(**module_init_kwargs)
-        module.load_state_dict(checkpoint_loader_fn(checkpoint_path), strict=True)
-        built.append((module_cls.__name__, tuple(tuple(t.shape) for t in example_inputs[0])))
-        return module.eval()
-
-    testing = types.ModuleType("neuronx_distributed_inference.utils.testing")
-    testing.build_module = fake_build_module
-    for name in ("neuronx_distributed_inference", "neuronx_distributed_inference.utils"):
-        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
-    monkeypatch.setitem(sys.modules, "neuronx_distributed_inference.utils.testing", testing)
-    monkeypatch.setattr(nxdi, "build_attention", lambda kind, path, spec, batch, on_cpu: NxdiConventionAttention(
-        spec.config, spec.layer_idx, spec.dtype))
-    monkeypatch.setenv("PARITY_NEURON_CACHE", str(tmp_path / "cache"))
+    fake_sdk.install(monkeypatch, tmp_path, on_build=lambda module_cls, example_inputs: built.append(
+        (module_cls.__name__, tuple(tuple(t.shape) for t in example_inputs[0]))))
     device = NxdiEmulation(name="fake-device")
     device.kind, device.mode, device.class_path = "neuron", "device", None
     monkeypatch.setattr(device, "_layer", lambda spec, batch: nxdi.DeviceLayer(device, spec))
@@ -315,3 +301,22 @@ def test_the_device_path_builds_each_phase_and_shape_once(monkeypatch, tmp_path)
     assert [b[0] for b in built] == ["ContextModule", "GenerationModule"]  # three generation steps, one shape
     assert on_device.info["mode"] == "device" and on_device.info["builds"] == 2
     assert len(list((tmp_path / "cache" / "weights").glob("*.safetensors"))) == 1
+
+
+def test_each_process_rendezvous_on_a_port_of_its_own(monkeypatch):
+    """NxD's one-process fallback group used MASTER_PORT 29500 in every process: two processes building
+    modules at once clashed (EADDRINUSE). A free port is chosen per process unless one was given."""
+    import socket
+
+    from harness.neuron.nxdi import own_rendezvous_port
+
+    monkeypatch.delenv("MASTER_PORT", raising=False)
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    own_rendezvous_port()
+    port = int(os.environ["MASTER_PORT"])
+    assert os.environ["MASTER_ADDR"] == "127.0.0.1" and port != 29500
+    with socket.socket() as s:  # free: it can be bound
+        s.bind(("127.0.0.1", port))
+    monkeypatch.setenv("MASTER_PORT", "31234")
+    own_rendezvous_port()
+    assert os.environ["MASTER_PORT"] == "31234"  # the caller's choice is kept

@@ -3,7 +3,6 @@
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -13,6 +12,7 @@ import pytest
 
 import harness.locations
 from harness.locations import cases_dir
+from tests.wheel import build_wheel, tracked_files
 
 try:
     import tomllib
@@ -53,22 +53,8 @@ def test_outside_a_checkout_the_installed_copy_is_used(monkeypatch):
 def test_a_wheel_runs_the_curated_cases_from_its_own_goldens(tmp_path):
     """Build a wheel from the tracked files, unpack it as site-packages would hold it, and from an empty
     folder run a curated parity check through the plugin: cases and goldens come from the wheel."""
-    try:
-        import setuptools  # noqa: F401  (the build backend, present with torch)
-    except ImportError:
-        pytest.skip("setuptools is not installed: no wheel can be built here")
-    tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
-    if not tracked:
-        pytest.skip("not a git checkout")
-    src = tmp_path / "src"
-    for name in tracked:
-        if (ROOT / name).is_file():
-            (src / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(ROOT / name, src / name)
-    built = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
-                            str(tmp_path / "dist"), str(src)], capture_output=True, text=True, timeout=600)
-    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-    (wheel,) = (tmp_path / "dist").glob("*.whl")
+    wheel = build_wheel(tmp_path)
+    tracked = tracked_files()
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
     shipped = site / "harness" / "curated"
@@ -89,3 +75,13 @@ def test_a_wheel_runs_the_curated_cases_from_its_own_goldens(tmp_path):
     regen = subprocess.run([sys.executable, "-m", "harness.cli", "goldens", "regenerate"], cwd=user, env=env,
                            capture_output=True, text=True, timeout=300)
     assert regen.returncode == 2 and "is the copy installed with the package" in regen.stderr, regen.stderr
+
+
+def test_the_dependencies_users_need_are_declared_and_torch_is_left_open():
+    """`-n 2` (README) needs pytest-xdist in a user's plain install, not only in the dev extra; torch has
+    no upper pin or exact version (Neuron venvs bring their own 2.8/2.9), and the Neuron SDK is never a
+    resolved dependency (its names on the default index are placeholders)."""
+    deps = {re.split(r"[<>=!~\[ ;]", d, maxsplit=1)[0].lower(): d for d in PYPROJECT["project"]["dependencies"]}
+    assert "pytest-xdist" in deps
+    assert re.fullmatch(r"torch>=[\d.]+", deps["torch"]), deps["torch"]
+    assert not {"torch-neuronx", "neuronx-distributed", "neuronx-distributed-inference", "neuronx-cc"} & set(deps)

@@ -17,6 +17,7 @@ from hypothesis import Phase, settings
 from harness.history import History
 from harness.pytest_plugin.checker import ParityChecker, ParityRecords
 from harness.pytest_plugin.collection import SUITE, _selects_parity
+from tests.wheel import build_wheel, venv_with_wheel
 
 ROOT = Path(__file__).resolve().parent.parent
 ONE_CURATED = "test_curated_case_files and small-L1-prefill-n130"  # one curated case, judged from its golden
@@ -114,6 +115,126 @@ def test_a_broken_block_fails_with_the_message_and_a_repro_file_and_lf_reruns_it
     assert len(list(failures.glob("*--myblock.attn_BrokenBlock.json"))) == 2
     rerun = _pytest(scratch, *args, "--lf")
     assert rerun.returncode == 1 and "2 failed" in rerun.stdout.splitlines()[-1], rerun.stdout[-2000:]
+
+
+@pytest.fixture(scope="module")
+def repo_with_venv(tmp_path_factory) -> Path:
+    """The most common layout: `python -m venv .venv` inside the repository, the harness `pip install`ed
+    there (non-editable), the user's block in the repository. The venv also holds a test file of
+    another package, which must never be collected."""
+    repo = tmp_path_factory.mktemp("venv-repo")
+    (repo / "myblock").mkdir()
+    (repo / "myblock" / "__init__.py").write_text("")
+    (repo / "myblock" / "attn.py").write_text(BLOCKS)
+    python = venv_with_wheel(repo / ".venv", build_wheel(tmp_path_factory.mktemp("wheel")))
+    site = Path(subprocess.run([str(python), "-c", "import harness, pathlib; print(pathlib.Path(harness.__file__)"
+                                ".parents[1])"], capture_output=True, text=True, check=True, cwd=repo).stdout.strip())
+    assert site.is_relative_to(repo / ".venv"), f"the wheel's harness is not the one imported: {site}"
+    (site / "otherpkg" / "tests").mkdir(parents=True)
+    (site / "otherpkg" / "tests" / "test_other.py").write_text("def test_not_ours():\n    raise AssertionError\n")
+    return repo
+
+
+def _venv_pytest(repo: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PARITY_HISTORY", "PYTHONPATH")}
+    env["PARITY_FAILURES_DIR"] = str(repo / ".parity" / "failures")
+    return subprocess.run([str(repo / ".venv" / "bin" / "python"), "-m", "pytest", "-p", "no:cacheprovider", *args],
+                          cwd=repo, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_the_suite_is_collected_from_a_venv_inside_the_repository(repo_with_venv):
+    """pytest ignores virtual environments and dot-folders even on the way to a path it was given: the
+    suite installed in ./.venv was never collected (exit 5, no hint). Now it is, and nothing else of
+    the venv is."""
+    listed = _venv_pytest(repo_with_venv, "-m", "parity", "--candidate", "myblock.attn:Block", "--collect-only", "-q")
+    assert listed.returncode == 0, listed.stdout[-3000:] + listed.stderr[-2000:]
+    tests = [line for line in listed.stdout.splitlines() if "::" in line]
+    assert tests and all("harness/pytest_plugin/suite.py::" in t for t in tests), listed.stdout[-3000:]
+    assert len(tests) == len(set(tests)), "the suite was collected twice"
+    assert {"test_curated_case_files", "test_generated_cases", "test_curated_sweep"} <= \
+        {t.split("::")[1].split("[")[0] for t in tests}
+    assert "test_not_ours" not in listed.stdout
+    broken = _venv_pytest(repo_with_venv, "-m", "parity", "--candidate", "myblock.attn:BrokenBlock", "-k", ONE_CURATED)
+    assert broken.returncode == 1 and "1 failed" in broken.stdout.splitlines()[-1], broken.stdout[-3000:]
+    assert "first divergent stage probs" in broken.stdout
+
+
+def test_a_suite_that_is_asked_for_and_not_collected_stops_the_run():
+    """Whatever else keeps the suite out (--pyargs, a conftest's hook), the run stops with a usage error
+    instead of passing with nothing run; a run that collected it goes on."""
+    from types import SimpleNamespace
+
+    from harness.pytest_plugin.collection import SUITE_WANTED, pytest_collection_modifyitems
+
+    config = SimpleNamespace(stash=pytest.Stash(), getoption=lambda name: False)
+    config.stash[SUITE_WANTED] = True
+    mine = SimpleNamespace(path=Path("tests/test_mine.py").absolute())
+    with pytest.raises(pytest.UsageError, match="the parity suite was asked for .* collected none of its tests"):
+        pytest_collection_modifyitems(config, [mine])
+    pytest_collection_modifyitems(config, [mine, SimpleNamespace(path=SUITE)])
+    config.stash[SUITE_WANTED] = False
+    pytest_collection_modifyitems(config, [mine])  # not asked for: nothing to say
+
+
+def test_a_missing_golden_under_no_reference_names_one_flag_that_fixes_it(scratch, tmp_path):
+    """The user's own case has no golden: --no-reference fails with the fix, and the fix (one pytest run
+    with --goldens) makes the same --no-reference run pass."""
+    env = {"PARITY_GOLDEN_CACHE": str(tmp_path / "cache")}
+    args = ("tests/test_mine.py", "--candidate", "myblock.attn:Block", "-p", "no:cacheprovider")
+    first = _pytest(scratch, *args, "--no-reference", env=env)
+    assert first.returncode == 1 and "no golden for case small-L0-prefill-n12" in first.stdout, first.stdout[-3000:]
+    assert "run the same pytest command once with --goldens instead of --no-reference" in first.stdout
+    fixed = _pytest(scratch, *args, "--goldens", env=env)
+    assert fixed.returncode == 0, fixed.stdout[-3000:]
+    again = _pytest(scratch, *args, "--no-reference", env=env)
+    assert again.returncode == 0 and "1 passed" in again.stdout, again.stdout[-3000:]
+
+
+def test_a_terminated_run_still_writes_junit_and_json_of_what_ran(scratch, tmp_path):
+    """SIGTERM (a cancelled CI job) ended pytest without JUnit XML or JSON results; now it unwinds as
+    Ctrl-C does and both hold the check that ran, the JSON marked incomplete."""
+    import signal
+    import time
+
+    started = tmp_path / "started"
+    (scratch / "tests" / "test_slow_mine.py").write_text(textwrap.dedent(f"""
+        import pathlib
+        import time
+
+        import pytest
+        from harness.case import Case
+
+        @pytest.mark.parity
+        def test_a_first(parity, candidate_name):
+            parity.check(Case(layer=0, lengths=(8,)), candidate_name)
+
+        @pytest.mark.parity
+        def test_b_hangs(candidate_name):
+            pathlib.Path({str(started)!r}).write_text("x")
+            time.sleep(120)
+    """))
+    results, junit = tmp_path / "r.json", tmp_path / "j.xml"
+    env = {**os.environ, "PYTHONPATH": str(scratch), "PARITY_FAILURES_DIR": str(tmp_path / "f")}
+    env.pop("PYTEST_ADDOPTS", None)
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "tests/test_slow_mine.py", "--candidate",
+                             "myblock.attn:Block", "-p", "no:cacheprovider", "--parity-json", str(results),
+                             "--junitxml", str(junit)], cwd=scratch, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not started.exists() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        assert started.exists(), proc.communicate(timeout=60)[0][-3000:]
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    (scratch / "tests" / "test_slow_mine.py").unlink()
+    assert proc.returncode == 2, out[-3000:]  # pytest's "interrupted"
+    data = json.loads(results.read_text())
+    assert [r["candidate"] for r in data["cases"]] == ["myblock"] and data["summary"]["complete"] is False
+    names = [t.get("name") for t in ET.parse(junit).getroot().iter("testcase")]
+    assert "test_a_first[myblock.attn:Block]" in names, names
 
 
 def test_the_suite_is_added_only_when_a_run_asks_for_parity(scratch):

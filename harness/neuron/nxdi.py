@@ -23,6 +23,7 @@ import torch
 
 from harness.batch import BlockSpec
 from harness.neuron.layer import NeuronLayer
+from harness.quiet import third_party_output_to_stderr
 
 MAX_LENGTH = 8192  # the config's max_length / seq_len: the largest bucket a module is built for
 
@@ -88,8 +89,28 @@ def user_class(path: str):
     return cls
 
 
+def own_rendezvous_port() -> None:
+    """Give this process a free loopback port for NxD's one-process fallback process group (which
+    LearnedSink starts while a module is built), unless the caller chose one. Its default MASTER_PORT,
+    29500, made two processes building modules at once (pytest -n 2, parallel CI jobs) fail with
+    EADDRINUSE and an `error` verdict."""
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(free_port())
+
+
+def free_port() -> int:
+    """A port that no process on 127.0.0.1 listens on now (the OS picks it)."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def build_attention(kind: str, class_path: str | None, spec: BlockSpec, batch: int, on_cpu: bool):
     """The attention module for one layer, cast to the case's dtype, parallel state torn down."""
+    own_rendezvous_port()
     teardown_parallel_state()
     config = layer_config(inference_config(spec, batch, on_cpu), spec.layer_idx)
     if kind == "neuron":
@@ -180,13 +201,15 @@ class DeviceLayer:
             spec_json = spec_to_json(self.spec)
             tag = hashlib.sha256(json.dumps([self.candidate.kind, self.candidate.class_path, spec_json, key]).encode()).hexdigest()[:16]
             started = time.monotonic()
-            self.models[key] = build_module(
-                module_cls, [inputs], module_init_kwargs=dict(kind=self.candidate.kind, class_path=self.candidate.class_path,
-                                                              spec_json=spec_json, batch=inputs[0].shape[0]),
-                tp_degree=1, compiler_args="--auto-cast=none" if self.spec.dtype == torch.float32 else None,
-                compiler_workdir=str(compile_cache_dir() / "work" / tag), checkpoint_path=str(self.checkpoint),
-                logical_nc_config=int(os.environ.get("NEURON_LOGICAL_NC_CONFIG", "1")),
-                checkpoint_loader_fn=lambda path: load_file(str(path)))
+            with third_party_output_to_stderr():  # NxD logs about 15 INFO lines per build on stdout
+                self.models[key] = build_module(
+                    module_cls, [inputs], module_init_kwargs=dict(kind=self.candidate.kind,
+                                                                  class_path=self.candidate.class_path,
+                                                                  spec_json=spec_json, batch=inputs[0].shape[0]),
+                    tp_degree=1, compiler_args="--auto-cast=none" if self.spec.dtype == torch.float32 else None,
+                    compiler_workdir=str(compile_cache_dir() / "work" / tag), checkpoint_path=str(self.checkpoint),
+                    logical_nc_config=int(os.environ.get("NEURON_LOGICAL_NC_CONFIG", "1")),
+                    checkpoint_loader_fn=lambda path: load_file(str(path)))
             self.candidate.builds += 1
             self.candidate.build_seconds += time.monotonic() - started
         return self.models[key]
@@ -203,10 +226,12 @@ class DeviceLayer:
 
 
 def make_layer(candidate, spec: BlockSpec):
-    """What the driver calls: compiled on a device, eager in CPU mode."""
-    if candidate.mode == "device":
-        return DeviceLayer(candidate, spec)
+    """What the driver calls: compiled on a device, eager in CPU mode. The SDK's logging goes to stderr
+    (harness/quiet.py): its handlers on stdout are made on import, here, and would reach the table."""
+    with third_party_output_to_stderr():
+        if candidate.mode == "device":
+            return DeviceLayer(candidate, spec)
+        attention = build_attention(candidate.kind, candidate.class_path, spec, 1, on_cpu=True)
     from harness.neuron.candidate import EagerLayer, load_layer
 
-    attention = build_attention(candidate.kind, candidate.class_path, spec, 1, on_cpu=True)
     return EagerLayer(load_layer(NeuronLayer(attention, spec.config.hidden_size), spec, candidate.bugs))

@@ -22,6 +22,9 @@ pytest-xdist). Nothing here imports torch until a parity check runs.
 
 from __future__ import annotations
 
+import os
+import sys
+
 import pytest
 
 # pytest finds hooks and fixtures by name on the plugin module: the imports below are the plugin.
@@ -30,7 +33,9 @@ from harness.pytest_plugin.collection import (  # noqa: F401
     add_suite,
     check_neuron_gate,
     pytest_collection_modifyitems,
+    pytest_collect_file,
     pytest_generate_tests,
+    pytest_ignore_collect,
     pytest_pycollect_makemodule,
     pytest_runtest_makereport,
 )
@@ -46,11 +51,31 @@ from harness.pytest_plugin.session import (  # noqa: F401
 __all__ = ["ParityChecker", "parity_cases"]
 
 
+SIGTERM_HANDLER = pytest.StashKey[object]()
+STUCK_CALLBACK = pytest.StashKey[object]()
+
+
 def pytest_configure(config: pytest.Config) -> None:
+    from harness.interrupt import sigterm_as_interrupt
+
     check_options(config)
+    share_cores(config)
+    config.stash[SIGTERM_HANDLER] = sigterm_as_interrupt()  # a killed run still writes JUnit, JSON, report
+    from harness import timelimit
+    from harness.pytest_plugin.session import when_stuck
+
+    config.stash[STUCK_CALLBACK] = when_stuck(config)
+    timelimit.on_stuck.append(config.stash[STUCK_CALLBACK])
     if add_suite(config):
         load_default_profile(config)  # the profiles touch hypothesis globally: only for a parity run
     check_neuron_gate(config)
+    results = config.getoption("--parity-json")
+    if results and not hasattr(config, "workerinput"):
+        from harness.jsonfile import write_json
+
+        # until the session finishes, the file says the run is incomplete: a process that ends early (a
+        # native exit) cannot leave an older run's success behind (`parity summary --require-complete`)
+        write_json(results, {"cases": [], "summary": {"checks": 0, "failed": 0, "complete": False}})
     history = config.getoption("--parity-history")
     if history and not hasattr(config, "workerinput"):
         from harness.history import History, HistoryError
@@ -59,3 +84,27 @@ def pytest_configure(config: pytest.Config) -> None:
             History(history).check_writable()
         except (HistoryError, OSError) as exc:
             raise pytest.UsageError(f"--parity-history: {exc}") from None
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from harness.interrupt import restore
+
+    restore(config.stash.get(SIGTERM_HANDLER, None))
+    from harness import timelimit
+
+    if config.stash.get(STUCK_CALLBACK, None) in timelimit.on_stuck:
+        timelimit.on_stuck.remove(config.stash[STUCK_CALLBACK])
+
+
+def share_cores(config: pytest.Config) -> None:
+    """Under pytest-xdist, give each worker its share of the cores for torch's threads. Each worker's
+    torch otherwise starts one OpenMP thread per core: `-n 2` on 2 cores ran 4 spinning threads on 2
+    cores, and the long-position checks took 115 s instead of 13 s (measured). An explicit
+    $OMP_NUM_THREADS is kept."""
+    workers = getattr(config, "workerinput", {}).get("workercount")
+    if not workers or os.environ.get("OMP_NUM_THREADS"):
+        return
+    threads = max(1, (os.cpu_count() or 1) // int(workers))
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is imported
+    if "torch" in sys.modules:  # already imported (a conftest): set it directly
+        sys.modules["torch"].set_num_threads(threads)

@@ -121,6 +121,21 @@ class ParityChecker:
                 self._default_source = compute_expected
         return self._default_source
 
+    @staticmethod
+    def _pytest_fix(exc, goldens) -> str:
+        """The one-flag fix inside pytest, next to the `parity goldens` command of the message."""
+        from harness.goldens import GoldenMissing, GoldenStale
+
+        if not isinstance(exc, (GoldenMissing, GoldenStale)):
+            return ""
+        if goldens is not None:
+            root = getattr(goldens, "root", goldens)
+            return (f"\nor rerun this test with --regen-goldens (without --no-reference): it writes the golden into "
+                    f"{root}, then checks it")
+        return ("\nor, where the CPU reference can run, run the same pytest command once with --goldens instead of "
+                "--no-reference: it computes the missing goldens into the golden cache ($PARITY_GOLDEN_CACHE), which "
+                "--no-reference reads")
+
     def check(self, case, candidate_name: str, *, candidate=None, goldens: str | Path | None = None):
         """Check `case` against the candidate named `candidate_name` (a built-in, neuron..., or
         MODULE:ATTR) and fail the test with the verdict's message and a repro file unless it passes.
@@ -148,7 +163,7 @@ class ParityChecker:
             (verdict,) = run_case(case, [candidate], self.bounds, strict_probes=self.strict_probes,
                                   expected=self.expected_source(goldens), isolation=isolation)
         except GoldenError as exc:  # missing, stale or corrupted: the message says how to fix it
-            problem = str(exc)
+            problem = str(exc) + self._pytest_fix(exc, goldens)
         else:
             problem = None
         if problem:  # failed outside the except block, so that pytest prints the message once

@@ -41,11 +41,73 @@ def _names_suite(config: pytest.Config) -> bool:
 def add_suite(config: pytest.Config) -> bool:
     """Append the suite to the run's paths when it is wanted; whether the run collects it."""
     if _names_suite(config):
+        config.stash[SUITE_WANTED] = True
         return True
     if not wants_suite(config):
         return False
     config.args.append(str(SUITE))
+    config.stash[SUITE_WANTED] = True
     return True
+
+
+SUITE_WANTED = pytest.StashKey[bool]()
+SUITE_CHAIN = pytest.StashKey[list]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_ignore_collect(collection_path, config):
+    """Let pytest reach the suite inside a virtual environment, and nothing else there.
+
+    The package is usually installed in the user's repository (`./.venv/lib/.../site-packages/harness`),
+    and pytest ignores virtual environments and folders matching `norecursedirs` (`.*`) even on the way
+    to a path named on the command line: the run collected nothing and exited 5, a gate that silently
+    ran nothing. So the folders leading to suite.py are never ignored, and inside the first of them
+    that pytest would have ignored (the venv), everything off that path is ignored: neither the walk
+    from the repository root nor the suite's own argument collects the venv's other files (numpy's and
+    torch's tests would otherwise run)."""
+    if not config.stash.get(SUITE_WANTED, False):
+        return None
+    path = Path(collection_path).absolute()
+    chain = _suite_chain(config)
+    if path == SUITE or path in chain:
+        return False  # firstresult: pytest's own rules (venv, norecursedirs) are not consulted
+    if any(path.is_relative_to(d) for d in chain[:1]):
+        return True
+    return None
+
+
+def _suite_chain(config) -> list[Path]:
+    """The folders from the first one pytest would ignore down to suite.py's folder (empty when none
+    would be ignored, e.g. a checkout or a venv outside the repository)."""
+    if SUITE_CHAIN not in config.stash:
+        parents = list(reversed(SUITE.parents))  # from / down to harness/pytest_plugin
+        chain: list[Path] = []
+        for i, folder in enumerate(parents):
+            if _pytest_ignores(folder, config):
+                chain = parents[i:]
+                break
+        config.stash[SUITE_CHAIN] = chain
+    return config.stash[SUITE_CHAIN]
+
+
+def _pytest_ignores(folder: Path, config) -> bool:
+    from _pytest.main import _in_venv  # pytest's own test for a virtual environment (pyvenv.cfg)
+    from _pytest.pathlib import fnmatch_ex
+
+    if not config.getoption("collect_in_virtualenv") and _in_venv(folder):
+        return True
+    return any(fnmatch_ex(pattern, folder) for pattern in config.getini("norecursedirs"))
+
+
+def pytest_collect_file(file_path, parent):
+    """suite.py reached by the walk from the repository root (the venv case above). pytest drops a
+    command-line path that lies inside another one (the suite inside `.`), and its own collector takes
+    only test_*.py files that were not named: so the suite is taken here, once."""
+    if not parent.config.stash.get(SUITE_WANTED, False) or Path(file_path).absolute() != SUITE:
+        return None
+    if parent.session.isinitpath(file_path):
+        return None  # named on the command line and kept: pytest's own collector takes it
+    return pytest.Module.from_parent(parent, path=Path(file_path))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -67,9 +129,17 @@ def pytest_generate_tests(metafunc):
         metafunc.parametrize("candidate_name", names)
 
 
+@pytest.hookimpl(tryfirst=True)  # before -k / -m deselect: this asks what was found, not what was chosen
 def pytest_collection_modifyitems(config, items):
-    """--no-reference: checks that need the CPU reference are deselected (reported as such), not
-    skipped, so that a gate can treat every skip as a failure."""
+    """A suite that was asked for and not found stops the run (a gate that silently runs nothing is
+    worse than one that fails). --no-reference: checks that need the CPU reference are deselected
+    (reported as such), not skipped, so that a gate can treat every skip as a failure."""
+    if config.stash.get(SUITE_WANTED, False) and not any(Path(item.path).absolute() == SUITE for item in items):
+        raise pytest.UsageError(
+            f"the parity suite was asked for (-m parity, --candidate or --parity-suite) but pytest collected none of "
+            f"its tests from {SUITE}. Something in this run ignores that path (--ignore, collect_ignore in a "
+            "conftest.py, --pyargs); run `pytest --collect-only -q -m parity` to see what is collected, or name the "
+            f"suite's path on the command line")
     if not config.getoption("--no-reference"):
         return
     keep, dropped = [], []

@@ -10,6 +10,7 @@ atomic writes, harness/goldens.py and harness/jsonfile.py).
 from __future__ import annotations
 
 import json
+import sys
 
 import pytest
 
@@ -53,9 +54,9 @@ def pytest_testnodedown(node, error):
         own.golden_changes.update(data["golden_changes"])
 
 
-def _outcomes(session) -> dict[str, int]:
+def _outcomes(config) -> dict[str, int]:
     """pytest's counts (a skipped or deselected check has no record, and a gate must see them)."""
-    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
     stats = getattr(reporter, "stats", {}) if reporter else {}
     return {k: len(stats.get(k, [])) for k in ("passed", "failed", "skipped", "error", "deselected", "xfailed")}
 
@@ -69,6 +70,34 @@ def pytest_sessionfinish(session, exitstatus):
         config.workeroutput[OUTPUT_KEY] = json.dumps({"records": list(own.records),
                                                       "golden_changes": own.golden_changes})
         return
+    config.stash[SUMMARY_LINES] = write_outputs(session, config, exitstatus)
+
+
+def when_stuck(config: pytest.Config):
+    """What the time limit's watchdog does before it ends a run whose candidate is stuck in native code
+    (harness/timelimit.py): pytest's capture swallowed its message and the hard exit left no JUnit XML
+    or JSON. So: the message on the real stderr, then the JUnit XML and the plugin's outputs of what
+    ran (the JSON marked incomplete)."""
+    def callback(message: str) -> None:
+        capture = config.pluginmanager.getplugin("capturemanager")
+        if capture is not None:
+            capture.suspend_global_capture(in_=False)  # back to the real stdout and stderr
+        print(message, file=sys.stderr, flush=True)
+        if is_worker(config):
+            return  # pytest-xdist's controller reports the crashed worker and writes the outputs
+        from _pytest.junitxml import xml_key
+
+        junit = config.stash.get(xml_key, None)
+        if junit is not None:
+            junit.pytest_sessionfinish()
+        for line in write_outputs(None, config, pytest.ExitCode.INTERRUPTED):
+            print(line, file=sys.stderr, flush=True)
+    return callback
+
+
+def write_outputs(session, config: pytest.Config, exitstatus) -> list[str]:
+    """The history rows, JSON results and report of every record so far; the lines that say so."""
+    own = config.stash[CHECKER]
     records = list(own.records)
     lines = []
     run_id = None
@@ -81,18 +110,21 @@ def pytest_sessionfinish(session, exitstatus):
             lines.append(f"parity history: {len(records)} check(s) appended to {history} as run {run_id}")
         except (HistoryError, OSError) as exc:  # checked at start-up, so a full disk or the like
             lines.append(f"parity history NOT written: {exc}")
-            if exitstatus == 0:
+            if exitstatus == 0 and session is not None:
                 session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
     path = config.getoption("--parity-json")
     if path:
         from harness.jsonfile import write_json
 
-        outcomes = _outcomes(session)
+        outcomes = _outcomes(config)
         failed = sum(1 for r in records if r["verdict"] not in ("pass", "unsupported"))
         from harness.environment import run_environment
 
+        # interrupted (Ctrl-C, SIGTERM): what ran is written, and said to be incomplete
+        complete = exitstatus not in (pytest.ExitCode.INTERRUPTED, pytest.ExitCode.INTERNAL_ERROR)
         write_json(path, {"cases": records, "summary": {"checks": len(records), "failed": failed, "pytest": outcomes,
-                                                         "history_run": run_id}, "environment": run_environment()})
+                                                         "history_run": run_id, "complete": complete},
+                          "environment": run_environment()})
         lines.append(f"parity results: {path}")
     directory = config.getoption("--parity-report")
     if directory:
@@ -101,7 +133,7 @@ def pytest_sessionfinish(session, exitstatus):
 
         index = write_report(records, directory, run_environment(), history=history, run=run_id)
         lines.append(f"parity report: {index}")
-    config.stash[SUMMARY_LINES] = lines
+    return lines
 
 
 SUMMARY_LINES = pytest.StashKey[list]()

@@ -71,6 +71,6 @@ def test_curated_case_files(candidate_name, case, parity):
 @pytest.mark.parity
 @pytest.mark.slow
 @pytest.mark.needs_reference
-@pytest.mark.parametrize("case", [c for c in default_cases() if c.preset == "full"], ids=lambda c: c.id)
+@pytest.mark.parametrize("case", [c for c in default_cases(long=True) if c.preset == "full"], ids=lambda c: c.id)
 def test_full_dims(candidate_name, case, parity):
     parity.check(case, candidate_name)

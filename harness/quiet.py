@@ -1,0 +1,37 @@
+"""Stdout is the harness's own (tables, summaries): third-party logging and prints go to stderr.
+
+Why: NxD logs about 15 INFO lines per module build through a logging handler on sys.stdout, and they
+landed in `parity run`'s table (issue 19), which scripts and CI logs read. Libraries make such handlers
+when they are imported, which happens inside a candidate's build, so moving handlers afterwards is too
+late for the first build: while third-party code runs, sys.stdout itself is stderr."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import sys
+
+
+def stdout_handlers_to_stderr() -> None:
+    """Point every logging handler that writes to stdout at stderr (the real stdout at the real stderr)."""
+    moves = {id(sys.__stdout__): sys.__stderr__, id(sys.stdout): sys.stderr}
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):  # placeholders in loggerDict have none
+            if not isinstance(handler, logging.StreamHandler) or handler.stream is None:
+                continue
+            target = moves.get(id(handler.stream))
+            if target is not None and handler.stream is not target:
+                handler.setStream(target)
+
+
+@contextlib.contextmanager
+def third_party_output_to_stderr():
+    """Run third-party code (a candidate's import, build and calls; an NxDI module build) with its print()
+    and every logging handler it makes on sys.stdout writing to stderr; handlers made earlier are moved."""
+    stdout_handlers_to_stderr()
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        stdout_handlers_to_stderr()  # one made on sys.__stdout__ meanwhile
