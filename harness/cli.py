@@ -74,8 +74,21 @@ def expected_source(args, case_files: dict[str, str]):
         raise UsageError(str(exc)) from None
 
 
+def _neuron_variants(args, names: list[str]) -> list[str]:
+    """The candidates, each Neuron one once per --neuron-config configuration ($PARITY_NEURON_CONFIG)."""
+    from harness.neuron import config
+
+    given = args.neuron_config or os.environ.get("PARITY_NEURON_CONFIG")
+    if not given:  # as named (a replayed `nxdi-emulation@tp8` stays at tp 8)
+        return names
+    try:
+        return config.expand(names, config.parse(given))
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_run(args) -> int:
-    names = args.candidate or list(BUILTIN)
+    names = _neuron_variants(args, args.candidate or list(BUILTIN))
     candidates = _candidates(names)
     specs = dict(zip((c.name for c in candidates), names))
     bounds = _bounds(args)
@@ -207,7 +220,8 @@ def open_history(given: str | None) -> History | None:
 def cmd_replay(args) -> int:
     try:
         case, saved = load_failure(args.file)
-        names = args.candidate or [replay_candidate(args.file, saved, trusted=args.trust_candidate)]
+        names = _neuron_variants(args, args.candidate or [replay_candidate(args.file, saved,
+                                                                          trusted=args.trust_candidate)])
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     candidates = _candidates(names)
@@ -433,6 +447,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
                         "$PARITY_TIME_LIMIT, else the candidate's time_limit attribute, else 600; 0: none)")
 
 
+def _neuron_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--neuron-config", metavar="JSON_OR_FILE",
+                   help="the deployment Neuron candidates are checked as: NeuronConfig fields as a JSON object, e.g. "
+                        "'{\"tp_degree\": 8}', a JSON list of objects (each its own candidate variant, NAME@tpN), or a "
+                        "file holding either (default $PARITY_NEURON_CONFIG, else tp_degree 1)")
+
+
 def _bound_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bounds", metavar="FILE", help="tolerance policy file (JSON; see harness/tolerances.py)")
     p.add_argument("--max-ratio", type=float, metavar="X", help="override every stage's max-abs ratio bound")
@@ -500,6 +521,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--history", metavar="PATH",
                      help="append every check to this SQLite history (default $PARITY_HISTORY; see `parity history`)")
     _expected_options(run)
+    _neuron_option(run)
     _bound_options(run)
     _run_options(run)
     run.set_defaults(func=cmd_run)
@@ -516,6 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                              "not imported)")
     _bound_options(replay)
     _expected_options(replay)
+    _neuron_option(replay)
     _run_options(replay)
     replay.set_defaults(func=cmd_replay)
 

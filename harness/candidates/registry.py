@@ -42,11 +42,35 @@ def load_candidate(spec: str) -> Candidate:
         raise ValueError(str(exc)) from None
 
 
+def is_neuron(spec: str) -> bool:
+    """Whether `spec` (without a variant suffix) names a Neuron candidate, which --neuron-config configures."""
+    return spec == "nxdi-emulation" or needs_neuron_sdk(spec)
+
+
+def _neuron_variant(spec: str, base: str, config: dict) -> Candidate:
+    if not is_neuron(base):
+        raise ValueError(f"candidate {spec!r}: a deployment (@tp...) applies to Neuron candidates only (nxdi-emulation, "
+                         f"neuron, neuron-block, neuron:MODULE:CLASS); {base!r} is not one")
+    if config["tp_degree"] == 1:
+        return _load(base)
+    if base != "nxdi-emulation":
+        raise ValueError(f"candidate {spec!r}: tensor parallelism is implemented for nxdi-emulation only so far; the "
+                         "SDK candidates (CPU mode and device) run at tp_degree 1 (README \"Tensor parallelism\")")
+    from harness.neuron.candidate import ShardedEmulation
+
+    return ShardedEmulation(config["tp_degree"], name=spec)
+
+
 def _load(spec: str) -> Candidate:
     """`spec` is a built-in name (see BUILTIN), `neuron` or `neuron-block` (harness/neuron),
     `neuron:package.module:Class` (a user's NeuronAttentionBase subclass), `mutant:NAME` or `benign:NAME`
     (the self-test's variants, harness/mutants.py), or `package.module:attribute`. A Neuron candidate
     without the SDK raises NeuronUnavailable (a ValueError naming the install line)."""
+    from harness.neuron.config import split
+
+    base, config = split(spec)
+    if base != spec:  # a deployment variant (`nxdi-emulation@tp8`): Neuron candidates only
+        return _neuron_variant(spec, base, config)
     kind, _, variant = spec.partition(":")
     if needs_neuron_sdk(spec):
         from harness.neuron.candidate import NeuronCandidate

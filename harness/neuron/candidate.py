@@ -61,7 +61,11 @@ class EagerLayer:
 
 def load_layer(module: NeuronLayer, spec: BlockSpec, bugs: Bugs = Bugs()) -> NeuronLayer:
     """Fill the layer with the case's weights (strict conversion, checked after loading)."""
-    given = nxdi_state_dict(spec.weights, spec.config, module.state_dict(), bugs=bugs)
+    return load_state(module, nxdi_state_dict(spec.weights, spec.config, module.state_dict(), bugs=bugs))
+
+
+def load_state(module: NeuronLayer, given: dict) -> NeuronLayer:
+    """Load `given` strictly and check it arrived."""
     module.load_state_dict(given, strict=True)
     check_loaded(module, given)
     return module.eval()
@@ -137,3 +141,50 @@ class NxdiEmulation(NeuronCandidate):
 
     def run(self, spec: BlockSpec, batch: Batch, *, taps: bool = False, feed: dict | None = None) -> CandidateResult:
         return self._drive(spec, batch, taps, feed)
+
+
+class ShardedEmulation(NeuronCandidate):
+    """`nxdi-emulation@tpN`: the emulation sharded as NxDI shards gpt-oss attention over N ranks, one
+    process per rank (harness/neuron/launcher.py, started once and reused), each running the plan
+    through the driver with its own cache (harness/neuron/tp.py). CI exercises the launcher, the
+    sharding and the gathering on every run without the SDK. Like a real sharded module it cannot be
+    entered at a stage (no `feed`): a failure is named from its taps."""
+
+    def __init__(self, tp_degree: int, name: str | None = None, bugs: Bugs = Bugs(), buckets: Buckets | None = None):
+        from harness.neuron.config import variant
+
+        super().__init__("emulation", name=name or variant("nxdi-emulation", {"tp_degree": tp_degree}), bugs=bugs,
+                         buckets=buckets)
+        self.tp_degree = tp_degree
+        self._group = None
+
+    def run(self, spec: BlockSpec, batch: Batch, *, taps: bool = False) -> CandidateResult:
+        from harness.neuron.launcher import RankGroup
+        from harness.neuron.sharding import ShardingUnsupported, plan
+        from harness.neuron.tp import gather
+        from harness.timelimit import limit_for
+
+        c = spec.config
+        try:
+            p = plan(c.num_attention_heads, c.num_key_value_heads, self.tp_degree)
+        except ShardingUnsupported as exc:  # upstream's limit, not the candidate's fault
+            raise CandidateUnsupported(str(exc)) from None
+        if self._group is None:
+            self._group = RankGroup(self.tp_degree)
+        try:
+            results = self._group.run("harness.neuron.tp:run_rank", spec, batch, self.bucket_config, self.bugs,
+                                      time_limit=limit_for(self) or 3600.0)
+        except BaseException:  # a failed, hung or interrupted rank: the group is not reused
+            self.close()
+            raise
+        unsupported = [r for r in results if isinstance(r, str)]
+        if unsupported:
+            raise CandidateUnsupported(unsupported[0])
+        output, stage_taps, info = gather(results, p)
+        info["mode"] = self.mode
+        return CandidateResult(output, stage_taps if taps else {}, info)
+
+    def close(self) -> None:
+        if self._group is not None:
+            group, self._group = self._group, None
+            group.close()

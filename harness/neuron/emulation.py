@@ -79,6 +79,9 @@ class NxdiConventionAttention(torch.nn.Module):
         # scores and probabilities over the keys it read, attention output) in `recorded`, which the
         # driver maps to stage taps; a real NxDI module offers no such view.
         self.keep_internals = False
+        # Set when the module is one rank's share of a tensor-parallel block (harness/neuron/tp.py): o_proj is
+        # row-parallel, its partial sums are reduced over the ranks and the bias is added once after
+        self.reduce = None
         self.recorded: dict[str, torch.Tensor] = {}
         # Set by the driver for stage isolation: {stage: (values, rows)} in this module's layout, rows [B, T]
         # marking the query tokens whose value is replaced (the oracle's, entering the pipeline there).
@@ -119,8 +122,14 @@ class NxdiConventionAttention(torch.nn.Module):
         if self.keep_internals:
             self.recorded.update(q_rope=q, k_rope=k, attn=attn)
         b, _, s, _ = attn.shape
-        out = self._feed("out_proj", self.o_proj.o_proj(attn.transpose(1, 2).reshape(b, s, hq * c.head_dim)))
+        out = self._feed("out_proj", self._project_out(attn.transpose(1, 2).reshape(b, s, hq * c.head_dim)))
         return out, present
+
+    def _project_out(self, x: torch.Tensor) -> torch.Tensor:
+        o = self.o_proj.o_proj
+        if self.reduce is None:
+            return o(x)
+        return self.reduce(torch.nn.functional.linear(x, o.weight)) + o.bias
 
     def _context(self, q, k, v, mask, scale):
         sinks = self.learned_sinks.sink

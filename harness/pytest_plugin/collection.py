@@ -126,6 +126,11 @@ def pytest_generate_tests(metafunc):
         from harness.candidates.registry import BUILTIN
 
         names = metafunc.config.getoption("--candidate") or list(BUILTIN)
+        given = metafunc.config.getoption("--neuron-config")
+        if given:  # each Neuron candidate once per configuration (checked in pytest_configure)
+            from harness.neuron import config
+
+            names = config.expand(names, config.parse(given))
         metafunc.parametrize("candidate_name", names)
 
 

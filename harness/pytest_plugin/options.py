@@ -52,6 +52,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "neuron-block, neuron:MODULE:CLASS, or an import path MODULE:ATTR; repeatable. Default: every built-in. "
              "Also adds the parity suite to the run (see --parity-suite).",
     )
+    group.addoption("--neuron-config", metavar="JSON_OR_FILE", default=os.environ.get("PARITY_NEURON_CONFIG") or None,
+                    help="the deployment Neuron candidates are checked as: NeuronConfig fields as a JSON object "
+                         "('{\"tp_degree\": 8}'), a list of objects (each its own candidate variant, NAME@tpN), or a "
+                         "file holding either (default $PARITY_NEURON_CONFIG, else tp_degree 1)")
     group.addoption("--parity-suite", action="store_true", default=False,
                     help="collect the shipped parity suite even when paths are given on the command line (without "
                          "paths it is collected when -m selects `parity`, --candidate is given, or the ini "
@@ -92,6 +96,14 @@ def check_options(config: pytest.Config) -> None:
     """Refuse option values that cannot work, before anything is collected (pytest exit status 4)."""
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
+    given = config.getoption("--neuron-config")
+    if given:
+        from harness.neuron import config as neuron_config
+
+        try:  # refused before anything is collected
+            neuron_config.expand(config.getoption("--candidate") or ["nxdi-emulation"], neuron_config.parse(given))
+        except ValueError as exc:
+            raise pytest.UsageError(str(exc)) from None
     limit = config.getoption("--parity-time-limit")
     if limit is not None:
         if not limit >= 0:

@@ -1,0 +1,99 @@
+"""A Neuron candidate's layer run sharded over tp_degree ranks, one process each (harness/neuron/
+launcher.py), and its results put back together.
+
+Each rank runs the whole serving plan through the same driver as at tp 1 (pure torch), with its own
+module: its share of the weights (harness/neuron/sharding.py), its own KV cache of its kv heads, and
+the all-reduce of o_proj's partial sums over gloo. What comes back is checked before anything is
+judged, tolerance-free:
+- every rank holds the same block output (o_proj's all-reduce reaches every rank), else the rank that
+  differs is named;
+- replicated kv heads hold the same keys and values on every rank that holds them, else the kv head
+  and the ranks are named (a rank that loaded another rank's shard);
+then the taps are gathered into the unsharded block's layout: query heads in rank order, each kv head
+from the first rank that holds it, so the comparison names a wrong shard at its stage and head.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from harness.batch import Batch, BlockSpec
+from harness.neuron.bugs import Bugs
+from harness.neuron.sharding import ShardPlan, gather_heads, gather_kv, plan, shard_state_dict
+
+# stage -> axis of its query heads (harness/stages.py layouts)
+QUERY_AXIS = {"q": 2, "q_rope": 2, "attn": 2, "scores": 1, "probs": 1}
+KV_AXIS = {"k": 2, "v": 2, "k_rope": 2}
+WHOLE = ("normed", "out_proj", "output")  # the same on every rank
+
+
+class RanksDisagree(Exception):
+    """Ranks hold different values where a correct sharded block holds the same (tolerance-free)."""
+
+
+def rank_batch(batch: Batch, p: ShardPlan, rank: int) -> Batch:
+    """The batch as rank `rank` sees it: a from_cache prefix holds only this rank's kv heads."""
+    if batch.cache is None:
+        return batch
+    heads = p.kv_of(rank)
+    cache = dataclasses.replace(batch.cache, k_rope=batch.cache.k_rope[:, :, heads].contiguous(),
+                                v=batch.cache.v[:, :, heads].contiguous())
+    return dataclasses.replace(batch, cache=cache)
+
+
+def _all_reduce(partial: torch.Tensor) -> torch.Tensor:
+    total = partial.clone()
+    torch.distributed.all_reduce(total)  # SUM over the tensor-parallel group: every rank gets the whole
+    return total
+
+
+def run_rank(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, bugs: Bugs = Bugs()):
+    """In rank `rank`'s process: build its share of the emulation's layer and run the batch through the
+    driver. Returns (output, taps, info), or the reason when the module cannot run the plan."""
+    from harness.neuron.candidate import EagerLayer, load_state
+    from harness.neuron.convert import nxdi_state_dict
+    from harness.neuron.driver import Driver, PlanUnsupported
+    from harness.neuron.emulation import NxdiConventionAttention
+    from harness.neuron.layer import NeuronLayer
+
+    c = spec.config
+    p = plan(c.num_attention_heads, c.num_key_value_heads, world)
+    full = NeuronLayer(NxdiConventionAttention(c, spec.layer_idx, spec.dtype, bugs), c.hidden_size)
+    weights = nxdi_state_dict(spec.weights, c, full.state_dict(), bugs=bugs)
+    local = dataclasses.replace(c, num_attention_heads=p.q_per_rank, num_key_value_heads=p.kv_per_rank)
+    attention = NxdiConventionAttention(local, spec.layer_idx, spec.dtype, bugs)
+    attention.reduce = _all_reduce
+    layer = load_state(NeuronLayer(attention, c.hidden_size), shard_state_dict(weights, p, rank, c.head_dim))
+    rank_spec = dataclasses.replace(spec, config=local)
+    try:
+        return Driver(EagerLayer(layer), rank_spec, buckets, bugs).run(rank_batch(batch, p, rank))
+    except PlanUnsupported as exc:  # said as `unsupported` by the candidate, as at tp 1
+        return str(exc)
+
+
+def gather(results: list, p: ShardPlan) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
+    """The ranks' (output, taps, info) as one block's, after the tolerance-free checks above."""
+    outputs = [r[0] for r in results]
+    for rank, out in enumerate(outputs[1:], 1):
+        if not torch.equal(out.nan_to_num(0), outputs[0].nan_to_num(0)):
+            raise RanksDisagree(f"rank {rank}'s block output differs from rank 0's (tp {p.tp}): after o_proj's "
+                                "all-reduce every rank must hold the same output")
+    taps: dict[str, torch.Tensor] = {}
+    problems = []
+    for name in results[0][1]:
+        per_rank = [r[1][name] for r in results]
+        if name in QUERY_AXIS:
+            taps[name] = gather_heads(per_rank, QUERY_AXIS[name])
+        elif name in KV_AXIS:
+            taps[name], wrong = gather_kv(per_rank, p, KV_AXIS[name])
+            problems += [f"{name}: {w}" for w in wrong]
+        else:
+            taps[name] = per_rank[0]
+    if problems:
+        raise RanksDisagree(f"replicated kv heads differ between ranks (tp {p.tp}, {p.strategy}, each kv head "
+                            f"held by {p.repeats} ranks): " + "; ".join(problems))
+    info = dict(results[0][2])
+    info.update(tp_degree=p.tp, gqa=p.strategy)
+    return outputs[0], taps, info
