@@ -330,12 +330,14 @@ def cmd_doctor(args) -> int:
 
 def cmd_selftest(args) -> int:
     from harness.mutants import ALL_MUTANTS, BENIGN, DRIVER_MUTANTS, MULTI_BUG, MUTANTS, PLAN_BUG_EXAMPLES, PLAN_BUGS
+    from harness.neuron.bugs import SHARDING_MUTANTS
     from harness.selftest import ABLATIONS, run_selftest
 
     if args.list:
         print("mutants:  " + ", ".join(MUTANTS))
         print("multi-bug mutants: " + ", ".join(MULTI_BUG))
         print("driver mutants (nxdi-emulation): " + ", ".join(DRIVER_MUTANTS))
+        print("sharding mutants (nxdi-emulation@tpN, one process per rank): " + ", ".join(SHARDING_MUTANTS))
         print(f"plan bugs (killed within {PLAN_BUG_EXAMPLES} examples on every seed): " + ", ".join(PLAN_BUGS))
         print("benign:   " + ", ".join(BENIGN))
         print("ablations: " + ", ".join(ABLATIONS))

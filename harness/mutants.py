@@ -13,8 +13,8 @@ from typing import Callable
 
 from harness.candidates.emulation import EmulatedBlock
 from harness.candidates.flash import FlashBlock
-from harness.neuron.bugs import DRIVER_MUTANTS
-from harness.neuron.candidate import NxdiEmulation
+from harness.neuron.bugs import DRIVER_MUTANTS, SHARDING_MUTANTS
+from harness.neuron.candidate import NxdiEmulation, ShardedEmulation
 
 MUTANTS: dict[str, dict] = {
     "no_causal_mask": {"causal": False},
@@ -63,7 +63,10 @@ MULTI_BUG: dict[str, tuple[str, ...]] = {"+".join(bugs): bugs for bugs in (
 # Every mutant the self-test hunts: the emulation's bug classes, their combinations, then NxDI's calling
 # conventions broken in the driver the Neuron candidates share (harness/neuron/bugs.py), run through
 # `nxdi-emulation`.
-ALL_MUTANTS = (*MUTANTS, *MULTI_BUG, *DRIVER_MUTANTS)
+# Sharding mistakes (harness/neuron/bugs.py SHARDING_MUTANTS) run as `nxdi-emulation@tpN`, one process per rank.
+ALL_MUTANTS = (*MUTANTS, *MULTI_BUG, *DRIVER_MUTANTS, *SHARDING_MUTANTS)
+# Whole-mutant names (no "a+b" combinations) that are not knobs of the CPU emulation
+OWN_CANDIDATE = (*DRIVER_MUTANTS, *SHARDING_MUTANTS)
 PLAN_BUGS = ("decode_positions_ignored", *DRIVER_MUTANTS)
 
 BENIGN: dict[str, Callable[[], object]] = {
@@ -77,13 +80,13 @@ BENIGN: dict[str, Callable[[], object]] = {
 
 def bug_classes(name: str) -> tuple[str, ...]:
     """The single-bug mutants a mutant name combines ("a+b" -> ("a", "b"))."""
-    if name in DRIVER_MUTANTS:
+    if name in OWN_CANDIDATE:
         return (name,)
     bugs = tuple(name.split("+"))
     unknown = [b for b in bugs if b not in MUTANTS]
     if unknown or len(set(bugs)) != len(bugs):
         what = f"unknown mutant {unknown[0]!r}" if unknown else f"mutant {name!r} names a bug twice"
-        raise ValueError(f"{what}; mutants are: {', '.join((*MUTANTS, *DRIVER_MUTANTS))} (or several of the first "
+        raise ValueError(f"{what}; mutants are: {', '.join((*MUTANTS, *OWN_CANDIDATE))} (or several of the first "
                          f"{len(MUTANTS)} joined with '+')")
     return bugs
 
@@ -103,6 +106,9 @@ def variant(kind: str, name: str):
     """A fresh candidate for `mutant:NAME` (NAME may join several mutants with '+') or `benign:NAME`."""
     if kind == "mutant" and name in DRIVER_MUTANTS:  # NxDI's calling conventions broken, in the emulation's driver
         return NxdiEmulation(name=f"mutant:{name}", bugs=DRIVER_MUTANTS[name])
+    if kind == "mutant" and name in SHARDING_MUTANTS:  # NxDI's sharding done wrong, over N rank processes
+        tp_degree, bugs = SHARDING_MUTANTS[name]
+        return ShardedEmulation(tp_degree, name=f"mutant:{name}", bugs=bugs)
     if kind == "mutant":
         return EmulatedBlock(name=f"mutant:{name}", **mutant_knobs(name))
     if name not in BENIGN:

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 
 import torch
 
+from harness.neuron.bugs import Bugs
+
 REPLICATE = "REPLICATE_TO_TP_DEGREE"
 CONVERT = "CONVERT_TO_MHA"
 
@@ -91,11 +93,14 @@ def _rows(weight: torch.Tensor, heads: list[int], head_dim: int) -> torch.Tensor
 
 
 def shard_state_dict(full: dict[str, torch.Tensor], p: ShardPlan, rank: int, head_dim: int,
-                     prefix: str = "attn.") -> dict[str, torch.Tensor]:
+                     prefix: str = "attn.", bugs: Bugs = Bugs()) -> dict[str, torch.Tensor]:
     """Rank `rank`'s share of an NxDI-named state dict of the unsharded block (the names of
     harness/neuron/convert.py: `{prefix}qkv_proj.{q,k,v}_proj.*`, `{prefix}o_proj.o_proj.*`, the
-    learned sinks); any other entry (the norm) is kept whole."""
-    q_heads, kv_heads = list(p.q_of(rank)), p.kv_of(rank)
+    learned sinks); any other entry (the norm) is kept whole. `bugs`: the self-test's sharding mistakes."""
+    q_heads, kv_heads = list(p.q_of(rank)), p.kv_of(0 if bugs.same_kv_shard else rank)
+    if bugs.kv_replicas_tiled:  # replica k of head j at k * kv_heads + j instead of j * repeats + k
+        kv_heads = [(rank * p.kv_per_rank + j) % p.kv_heads for j in range(p.kv_per_rank)]
+    sink_rank = p.tp - 1 - rank if bugs.sink_shards_reversed else 0 if bugs.sinks_of_first_rank else rank
     out = {}
     for name, value in full.items():
         local = name.removeprefix(prefix) if name.startswith(prefix) else None
@@ -107,7 +112,7 @@ def shard_state_dict(full: dict[str, torch.Tensor], p: ShardPlan, rank: int, hea
         elif local == "o_proj.o_proj.weight":  # row-parallel: the input columns of this rank's heads
             out[name] = _rows(value.t(), q_heads, head_dim).t().contiguous()
         elif local in ("learned_sinks.sink", "tkg_learned_sinks.sink"):
-            out[name] = value[p.q_of(rank).start:p.q_of(rank).stop].clone()
+            out[name] = value[p.q_of(sink_rank).start:p.q_of(sink_rank).stop].clone()
         else:
             out[name] = value
     return out

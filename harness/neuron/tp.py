@@ -29,6 +29,9 @@ KV_AXIS = {"k": 2, "v": 2, "k_rope": 2}
 WHOLE = ("normed", "out_proj", "output")  # the same on every rank
 
 
+RANK_CHECK = "tolerance-free rank check"  # in every RanksDisagree message (the self-test looks for it)
+
+
 class RanksDisagree(Exception):
     """Ranks hold different values where a correct sharded block holds the same (tolerance-free)."""
 
@@ -64,8 +67,9 @@ def run_rank(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, bugs
     weights = nxdi_state_dict(spec.weights, c, full.state_dict(), bugs=bugs)
     local = dataclasses.replace(c, num_attention_heads=p.q_per_rank, num_key_value_heads=p.kv_per_rank)
     attention = NxdiConventionAttention(local, spec.layer_idx, spec.dtype, bugs)
-    attention.reduce = _all_reduce
-    layer = load_state(NeuronLayer(attention, c.hidden_size), shard_state_dict(weights, p, rank, c.head_dim))
+    attention.reduce = (lambda partial: partial) if bugs.o_proj_not_reduced else _all_reduce
+    layer = load_state(NeuronLayer(attention, c.hidden_size), shard_state_dict(weights, p, rank, c.head_dim,
+                                                                               bugs=bugs))
     rank_spec = dataclasses.replace(spec, config=local)
     try:
         return Driver(EagerLayer(layer), rank_spec, buckets, bugs).run(rank_batch(batch, p, rank))
@@ -78,8 +82,8 @@ def gather(results: list, p: ShardPlan) -> tuple[torch.Tensor, dict[str, torch.T
     outputs = [r[0] for r in results]
     for rank, out in enumerate(outputs[1:], 1):
         if not torch.equal(out.nan_to_num(0), outputs[0].nan_to_num(0)):
-            raise RanksDisagree(f"rank {rank}'s block output differs from rank 0's (tp {p.tp}): after o_proj's "
-                                "all-reduce every rank must hold the same output")
+            raise RanksDisagree(f"{RANK_CHECK}: rank {rank}'s block output differs from rank 0's (tp {p.tp}): after "
+                                "o_proj's all-reduce every rank must hold the same output")
     taps: dict[str, torch.Tensor] = {}
     problems = []
     for name in results[0][1]:
@@ -92,7 +96,7 @@ def gather(results: list, p: ShardPlan) -> tuple[torch.Tensor, dict[str, torch.T
         else:
             taps[name] = per_rank[0]
     if problems:
-        raise RanksDisagree(f"replicated kv heads differ between ranks (tp {p.tp}, {p.strategy}, each kv head "
+        raise RanksDisagree(f"{RANK_CHECK}: replicated kv heads differ between ranks (tp {p.tp}, {p.strategy}, each kv head "
                             f"held by {p.repeats} ranks): " + "; ".join(problems))
     info = dict(results[0][2])
     info.update(tp_degree=p.tp, gqa=p.strategy)

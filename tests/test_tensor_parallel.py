@@ -1,0 +1,91 @@
+"""nxdi-emulation sharded over rank processes (nxdi-emulation@tpN: harness/neuron/launcher.py, sharding.py,
+tp.py) as users reach it: `parity run --neuron-config`, the pytest plugin, repro files, and the self-test's
+sharding mutants, each killed and named. Small dims (8 query, 2 kv heads), so tp 2, 4 and 8 all shard."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from harness import cli
+from harness.candidates import load_candidate
+from harness.case import Case
+from harness.neuron.bugs import SHARDING_MUTANTS
+from harness.runner import run_case
+
+ROOT = Path(__file__).resolve().parent.parent
+CASES = [Case(layer=0, lengths=(130,), plan="decode", decode_steps=3, sinks="dominant", input_seed=3),
+         Case(layer=1, lengths=(129, 5), padding="left", input_seed=4),
+         Case(layer=1, lengths=(65536,), plan="from_cache", decode_steps=1, input_seed=5)]
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    """tp 2 and tp 8, their rank processes started once for the module."""
+    candidates = [load_candidate("nxdi-emulation@tp2"), load_candidate("nxdi-emulation@tp8")]
+    yield candidates
+    for c in candidates:
+        c.close()
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_the_sharded_emulation_passes_and_says_how_it_ran(sharded, case):
+    for v in run_case(case, sharded):
+        assert v.verdict == "pass", v.message
+        assert v.info["tp_degree"] in (2, 8) and v.info["gqa"] == "REPLICATE_TO_TP_DEGREE"
+
+
+@pytest.mark.parametrize("name", SHARDING_MUTANTS)
+def test_every_sharding_mutant_is_killed_and_named(name):
+    """On a context encoding with dominant sinks (sink mistakes barely show in late decode steps): each
+    fails at one stage, or by the tolerance-free rank check naming the rank or kv head."""
+    mutant = load_candidate(f"mutant:{name}")
+    try:
+        (v,) = run_case(Case(layer=0, lengths=(20,), sinks="dominant"), [mutant])
+    finally:
+        mutant.close()
+    assert v.verdict in ("fail", "error"), v.message
+    if v.verdict == "error":
+        assert "tolerance-free rank check" in v.message and ("kv head" in v.message or "rank 1's" in v.message)
+    else:
+        assert len(v.divergent_stages) == 1, v.divergent_stages
+
+
+def test_a_layout_upstream_cannot_shard_is_unsupported_and_an_impossible_one_an_error():
+    three, sixteen = load_candidate("nxdi-emulation@tp3"), load_candidate("nxdi-emulation@tp16")
+    (v,) = run_case(CASES[1], [three])
+    assert v.verdict == "unsupported" and "does not divide the 8 query heads" in v.message
+    (v,) = run_case(CASES[1], [sixteen])
+    assert v.verdict == "error" and "larger than the 8 query heads" in v.message
+    assert three._group is None and sixteen._group is None  # refused before any process started
+
+
+def test_variants_are_separate_checks_and_a_repro_replays_the_same_variant(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("PARITY_FAILURES_DIR", str(tmp_path / "f"))
+    case_file = tmp_path / "case.json"
+    case_file.write_text(json.dumps({"layer": 0, "lengths": [20], "sinks": "dominant"}))
+    results = tmp_path / "r.json"
+    assert cli.main(["run", "--candidate", "nxdi-emulation", "--candidate", "mutant:tp_sink_shards_reversed",
+                     "--neuron-config", '[{"tp_degree": 1}, {"tp_degree": 2}]', "--case-file", str(case_file),
+                     "--json", str(results), "--no-probes"]) == 1
+    out = capsys.readouterr().out
+    records = {r["candidate"]: r for r in json.loads(results.read_text())["cases"]}
+    assert set(records) == {"nxdi-emulation", "nxdi-emulation@tp2", "mutant:tp_sink_shards_reversed"}
+    assert records["nxdi-emulation@tp2"]["info"]["tp_degree"] == 2 and "tp_degree" not in records["nxdi-emulation"]["info"]
+    replay = next(line.split("replay: ", 1)[1] for line in out.splitlines() if "replay: " in line)
+    assert cli.main(replay.split()[1:]) == 1
+    assert "candidate mutant:tp_sink_shards_reversed: FAIL" in capsys.readouterr().out
+
+
+def test_the_plugin_runs_each_variant(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PARITY_FAILURES_DIR": str(tmp_path / "f")}
+    env.pop("PYTEST_ADDOPTS", None)
+    out = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-m", "parity", "--candidate",
+                          "nxdi-emulation", "--neuron-config", '{"tp_degree": 4}', "-k",
+                          "test_curated_sweep and small-L0-decode3", "-rA", str(ROOT / "harness" / "pytest_plugin" / "suite.py")],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
+    assert "test_curated_sweep[nxdi-emulation@tp4-small-L0-decode3" in out.stdout
