@@ -427,6 +427,9 @@ def cmd_bench(args) -> int:
     print("\none 131,071 row end to end (reference, oracle, emulation):")
     for kind, v in r["row_131071"].items():
         print(f"  {kind:>7} layer: " + (v.get("error") or f"{v['seconds']} s, {v['peak_gib']:.2f} GiB, {v['verdict']}; {v['sections_s']}"))
+    t = r["tp8"]
+    print("\none case at tp 8 (nxdi-emulation@tp8, rank start-up included): "
+          + (t.get("error") or f"{t['seconds']} s, {t['verdict']}"))
     h = r["hypothesis"]
     print(f"\ndefault hypothesis profile: {h['examples']} examples in {h['seconds']} s = {h['examples_per_second']} examples/s")
     print("\ngrowth with length (full layer, from a cache: reference, oracle, emulation end to end)")

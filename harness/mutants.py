@@ -14,7 +14,7 @@ from typing import Callable
 from harness.candidates.emulation import EmulatedBlock
 from harness.candidates.flash import FlashBlock
 from harness.neuron.bugs import DRIVER_MUTANTS, SHARDING_MUTANTS
-from harness.neuron.candidate import NxdiEmulation, ShardedEmulation
+from harness.neuron.candidate import NxdiEmulation, ShardedCandidate
 
 MUTANTS: dict[str, dict] = {
     "no_causal_mask": {"causal": False},
@@ -108,7 +108,7 @@ def variant(kind: str, name: str):
         return NxdiEmulation(name=f"mutant:{name}", bugs=DRIVER_MUTANTS[name])
     if kind == "mutant" and name in SHARDING_MUTANTS:  # NxDI's sharding done wrong, over N rank processes
         tp_degree, bugs = SHARDING_MUTANTS[name]
-        return ShardedEmulation(tp_degree, name=f"mutant:{name}", bugs=bugs)
+        return ShardedCandidate(tp_degree, name=f"mutant:{name}", bugs=bugs)
     if kind == "mutant":
         return EmulatedBlock(name=f"mutant:{name}", **mutant_knobs(name))
     if name not in BENIGN:

@@ -205,3 +205,28 @@ def test_bad_world_is_refused_before_anything_starts(world, error):
 def test_bad_function_paths_are_refused():
     with pytest.raises(ValueError, match="package.module:function"):
         RankGroup(1, setup="no_colon")
+
+
+def print_and_log(rank, world):
+    import logging
+
+    print(f"PRINTED by rank {rank}")
+    logger = logging.getLogger("a_library")
+    logger.addHandler(logging.StreamHandler(sys.stdout))  # as NxD's logger does, in the rank's process
+    logger.warning(f"LOGGED by rank {rank}")
+    return rank
+
+
+def test_ranks_never_write_to_the_parents_stdout(tmp_path):
+    """The parent's stdout is the results table: a rank's prints and logging (NxD logs ~20 INFO lines per
+    rank on stdout) go to stderr."""
+    code = ("import sys\nsys.path.insert(0, %r)\nfrom harness.neuron.launcher import RankGroup\n"
+            "if __name__ == '__main__':\n"
+            "    with RankGroup(2) as g:\n"
+            "        print('TABLE', g.run('tests.test_launcher:print_and_log', time_limit=60))\n") % str(ROOT)
+    script = tmp_path / "table.py"
+    script.write_text(code)
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "TABLE [0, 1]", out.stdout
+    assert "PRINTED by rank 1" in out.stderr and "LOGGED by rank 0" in out.stderr

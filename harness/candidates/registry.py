@@ -53,12 +53,16 @@ def _neuron_variant(spec: str, base: str, config: dict) -> Candidate:
                          f"neuron, neuron-block, neuron:MODULE:CLASS); {base!r} is not one")
     if config["tp_degree"] == 1:
         return _load(base)
-    if base != "nxdi-emulation":
-        raise ValueError(f"candidate {spec!r}: tensor parallelism is implemented for nxdi-emulation only so far; the "
-                         "SDK candidates (CPU mode and device) run at tp_degree 1 (README \"Tensor parallelism\")")
-    from harness.neuron.candidate import ShardedEmulation
+    from harness.neuron.candidate import ShardedCandidate
 
-    return ShardedEmulation(config["tp_degree"], name=spec)
+    if base == "nxdi-emulation":
+        return ShardedCandidate(config["tp_degree"], name=spec)
+    if base in NEURON:
+        return ShardedCandidate(config["tp_degree"], base, name=spec)
+    class_path = base.partition(":")[2]
+    if class_path.count(":") != 1:
+        raise ValueError(f"candidate {spec!r}: expected neuron:package.module:Class@tpN")
+    return ShardedCandidate(config["tp_degree"], "class", class_path=class_path, name=spec)
 
 
 def _load(spec: str) -> Candidate:

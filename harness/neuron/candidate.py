@@ -143,18 +143,25 @@ class NxdiEmulation(NeuronCandidate):
         return self._drive(spec, batch, taps, feed)
 
 
-class ShardedEmulation(NeuronCandidate):
-    """`nxdi-emulation@tpN`: the emulation sharded as NxDI shards gpt-oss attention over N ranks, one
-    process per rank (harness/neuron/launcher.py, started once and reused), each running the plan
-    through the driver with its own cache (harness/neuron/tp.py). CI exercises the launcher, the
-    sharding and the gathering on every run without the SDK. Like a real sharded module it cannot be
-    entered at a stage (no `feed`): a failure is named from its taps."""
+class ShardedCandidate(NeuronCandidate):
+    """A Neuron candidate at tp_degree N (`NAME@tpN`): one process per rank (harness/neuron/launcher.py,
+    started once and reused), each running the plan through the driver with its own cache, the results
+    checked and gathered (harness/neuron/tp.py). The emulation shards itself as NxDI does
+    (harness/neuron/sharding.py), so CI exercises the launcher, the sharding and the gathering on every
+    run without the SDK; the SDK's modules are built sharded in NxD's model-parallel state and loaded
+    through NxD's own `get_sharded_checkpoint` (CPU mode; on a device: not yet). Like a real sharded
+    module it cannot be entered at a stage (no `feed`): a failure is named from its taps."""
 
-    def __init__(self, tp_degree: int, name: str | None = None, bugs: Bugs = Bugs(), buckets: Buckets | None = None):
+    def __init__(self, tp_degree: int, kind: str = "emulation", class_path: str | None = None,
+                 name: str | None = None, bugs: Bugs = Bugs(), buckets: Buckets | None = None):
         from harness.neuron.config import variant
 
-        super().__init__("emulation", name=name or variant("nxdi-emulation", {"tp_degree": tp_degree}), bugs=bugs,
-                         buckets=buckets)
+        base = {"emulation": "nxdi-emulation", "class": f"neuron:{class_path}"}.get(kind, kind)
+        super().__init__(kind, class_path=class_path, name=name or variant(base, {"tp_degree": tp_degree}),
+                         bugs=bugs, buckets=buckets)
+        if self.mode == "device":
+            raise ValueError(f"candidate {self.name}: tensor parallelism on a Neuron device is not implemented yet "
+                             "(it runs in CPU mode: $PARITY_NEURON_MODE=cpu); README \"Tensor parallelism\"")
         self.tp_degree = tp_degree
         self._group = None
 
@@ -169,10 +176,13 @@ class ShardedEmulation(NeuronCandidate):
             p = plan(c.num_attention_heads, c.num_key_value_heads, self.tp_degree)
         except ShardingUnsupported as exc:  # upstream's limit, not the candidate's fault
             raise CandidateUnsupported(str(exc)) from None
+        emulated = self.kind == "emulation"
         if self._group is None:
-            self._group = RankGroup(self.tp_degree)
+            self._group = RankGroup(self.tp_degree, setup=None if emulated else "harness.neuron.tp:init_model_parallel")
+        call = (("harness.neuron.tp:run_rank", self.bugs) if emulated else
+                ("harness.neuron.tp:run_rank_sdk", self.kind, self.class_path))
         try:
-            results = self._group.run("harness.neuron.tp:run_rank", spec, batch, self.bucket_config, self.bugs,
+            results = self._group.run(call[0], spec, batch, self.bucket_config, *call[1:],
                                       time_limit=limit_for(self) or 3600.0)
         except BaseException:  # a failed, hung or interrupted rank: the group is not reused
             self.close()

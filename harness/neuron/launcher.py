@@ -89,6 +89,11 @@ def _watch_parent(parent_pid: int) -> None:
 def _rank_main(rank: int, world: int, port: int, parent_pid: int, setup: str | None, threads: int, conn) -> None:
     """One rank: the SDK's order (init_process_group, then setup), then calls until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent decides
+    # stdout is the parent's results table: whatever a rank prints or logs there (NxD logs its parallel
+    # state at INFO on stdout, ~20 lines per rank) goes to stderr instead, down to the file descriptor
+    sys.stdout.flush()
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     threading.Thread(target=_watch_parent, args=(parent_pid,), daemon=True).start()
     try:
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo" if sys.platform.startswith("linux") else "lo0")  # loopback

@@ -38,10 +38,10 @@ def teardown_parallel_state() -> None:
         torch.distributed.destroy_process_group()
 
 
-def inference_config(spec: BlockSpec, batch: int, on_cpu: bool, max_length: int = MAX_LENGTH):
+def inference_config(spec: BlockSpec, batch: int, on_cpu: bool, max_length: int = MAX_LENGTH, tp_degree: int = 1):
     """GptOssInferenceConfig (SDK 2.27+), or a plain InferenceConfig with the same fields (2.26)."""
     c = spec.config
-    neuron_args = dict(tp_degree=1, batch_size=batch, max_batch_size=batch, seq_len=max_length, max_length=max_length,
+    neuron_args = dict(tp_degree=tp_degree, batch_size=batch, max_batch_size=batch, seq_len=max_length, max_length=max_length,
                        max_context_length=max_length, on_cpu=on_cpu, torch_dtype=spec.dtype, attn_kernel_enabled=False,
                        logical_nc_config=int(os.environ.get("NEURON_LOGICAL_NC_CONFIG", "1")))
     fields = dict(hidden_size=c.hidden_size, head_dim=c.head_dim, num_attention_heads=c.num_attention_heads,
@@ -108,11 +108,15 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_attention(kind: str, class_path: str | None, spec: BlockSpec, batch: int, on_cpu: bool):
-    """The attention module for one layer, cast to the case's dtype, parallel state torn down."""
-    own_rendezvous_port()
-    teardown_parallel_state()
-    config = layer_config(inference_config(spec, batch, on_cpu), spec.layer_idx)
+def build_attention(kind: str, class_path: str | None, spec: BlockSpec, batch: int, on_cpu: bool,
+                    tp_degree: int = 1):
+    """The attention module for one layer, cast to the case's dtype. At tp_degree 1 the parallel state
+    is torn down before and after; above it, the rank's process holds the model-parallel state its
+    launcher initialised (harness/neuron/tp.py), and the module is built sharded in it."""
+    if tp_degree == 1:
+        own_rendezvous_port()
+        teardown_parallel_state()
+    config = layer_config(inference_config(spec, batch, on_cpu, tp_degree=tp_degree), spec.layer_idx)
     if kind == "neuron":
         try:
             from neuronx_distributed_inference.models.gpt_oss.modeling_gpt_oss import NeuronGptOssAttention
@@ -128,7 +132,8 @@ def build_attention(kind: str, class_path: str | None, spec: BlockSpec, batch: i
         cls = user_class(class_path)
         kwargs = {"layer_idx": spec.layer_idx} if "layer_idx" in inspect.signature(cls.__init__).parameters else {}
         attention = cls(config, **kwargs)
-    teardown_parallel_state()
+    if tp_degree == 1:
+        teardown_parallel_state()
     return attention.to(spec.dtype).eval()
 
 

@@ -77,6 +77,51 @@ def run_rank(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, bugs
         return str(exc)
 
 
+def init_model_parallel(rank: int, world: int) -> None:
+    """A rank's set-up for the SDK's modules, in NxD's order (application_base.py `to_cpu`): the gloo
+    group is up (the launcher), then the model-parallel state, before any module is built (else
+    LearnedSink starts a one-process fallback group of its own)."""
+    from neuronx_distributed.parallel_layers import parallel_state
+
+    parallel_state.initialize_model_parallel(tensor_model_parallel_size=world, skip_collective_init=True)
+
+
+def run_rank_sdk(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, kind: str, class_path: str | None):
+    """In rank `rank`'s process: the SDK's module built sharded (`tp_degree=world`), the whole block's
+    weights sharded by NxD's own `get_sharded_checkpoint`, the batch run through the driver."""
+    from neuronx_distributed.trace.trace import get_sharded_checkpoint
+
+    from harness.neuron import nxdi
+    from harness.neuron.candidate import EagerLayer
+    from harness.neuron.convert import nxdi_state_dict
+    from harness.neuron.driver import Driver, PlanUnsupported
+    from harness.neuron.emulation import NxdiConventionAttention
+    from harness.neuron.layer import NeuronLayer
+
+    c = spec.config
+    p = plan(c.num_attention_heads, c.num_key_value_heads, world)
+    layer = NeuronLayer(nxdi.build_attention(kind, class_path, spec, 1, on_cpu=True, tp_degree=world), c.hidden_size)
+    # the unsharded block's state dict in NxDI's names (the emulation has the same names), then what this
+    # module holds of it, sharded by the SDK
+    whole = NeuronLayer(NxdiConventionAttention(c, spec.layer_idx, spec.dtype), c.hidden_size)
+    full = nxdi_state_dict(spec.weights, c, whole.state_dict())
+    wanted = layer.state_dict()
+    given = {k: v.clone() for k, v in full.items() if k in wanted}
+    if "attn.rank_util.rank" in wanted:
+        given["attn.rank_util.rank"] = torch.arange(world, dtype=torch.int32)
+    missing = sorted(set(wanted) - set(given))
+    if missing:
+        raise ValueError(f"rank {rank}: the module has state the harness cannot fill: {missing}")
+    get_sharded_checkpoint(given, layer, rank, world)
+    layer.load_state_dict(given, strict=True)
+    layer = layer.eval()
+    local = dataclasses.replace(c, num_attention_heads=p.q_per_rank, num_key_value_heads=p.kv_per_rank)
+    try:
+        return Driver(EagerLayer(layer), dataclasses.replace(spec, config=local), buckets).run(rank_batch(batch, p, rank))
+    except PlanUnsupported as exc:
+        return str(exc)
+
+
 def gather(results: list, p: ShardPlan) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
     """The ranks' (output, taps, info) as one block's, after the tolerance-free checks above."""
     outputs = [r[0] for r in results]
