@@ -89,3 +89,67 @@ def test_the_plugin_runs_each_variant(tmp_path):
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-2000:]
     assert "test_curated_sweep[nxdi-emulation@tp4-small-L0-decode3" in out.stdout
+
+
+def test_the_default_sweep_passes_at_tp_2_and_8(sharded):
+    """Issue 21's bar for the emulation, small dims here (the full-dims cases: the slow test below)."""
+    from harness.sweep import default_cases
+
+    failed = [f"{v.case_id} {v.candidate}: {v.message[:200]}" for case in default_cases(quick=True)
+              for v in run_case(case, sharded, probes=False) if v.verdict != "pass"]
+    assert not failed, failed
+
+
+@pytest.mark.slow
+def test_the_full_dims_sweep_passes_at_tp_2_and_8(sharded):
+    from harness.sweep import default_cases
+
+    failed = [f"{v.case_id} {v.candidate}: {v.message[:200]}" for case in default_cases(long=True)
+              if case.preset == "full" for v in run_case(case, sharded, probes=False) if v.verdict != "pass"]
+    assert not failed, failed
+
+
+def hang_on_rank_1(rank, world, spec, batch, buckets, bugs):
+    import time
+
+    if rank == 1:
+        time.sleep(600)
+    return "never judged"
+
+
+def fail_on_rank_1(rank, world, spec, batch, buckets, bugs):
+    if rank == 1:
+        raise RuntimeError("rank 1 broke while building its shard")
+    import time
+
+    time.sleep(600)  # rank 0 waits in a collective that will never complete
+
+
+@pytest.mark.parametrize("fn, verdict, said", [("hang_on_rank_1", "timeout", "rank(s) [1]"),
+                                               ("fail_on_rank_1", "error", "rank 1 broke while building its shard")])
+def test_a_rank_that_fails_or_hangs_ends_the_check_and_leaves_no_process(monkeypatch, fn, verdict, said):
+    from harness.neuron.candidate import ShardedCandidate
+
+    started = []
+
+    class Broken(ShardedCandidate):
+        def rank_call(self):
+            started.extend(self._group.pids)  # the ranks of this candidate, before anything fails
+            return f"tests.test_tensor_parallel:{fn}", self.bugs
+
+    monkeypatch.setenv("PARITY_TIME_LIMIT", "8")
+    candidate = Broken(2, name=f"broken-{fn}")
+    (v,) = run_case(CASES[1], [candidate], probes=False)
+    assert v.verdict in (verdict, "timeout" if verdict == "timeout" else "error"), v.message
+    assert said in v.message or said in v.traceback, v.message
+    assert candidate._group is None and len(started) == 2  # closed: every rank stopped
+    for pid in started:
+        assert not _alive(pid), f"rank process {pid} left behind"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    return "State:\tZ" not in state

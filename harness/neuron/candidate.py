@@ -14,6 +14,7 @@ and, on a device, the builds and their time.
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -166,10 +167,10 @@ class ShardedCandidate(NeuronCandidate):
         self._group = None
 
     def run(self, spec: BlockSpec, batch: Batch, *, taps: bool = False) -> CandidateResult:
-        from harness.neuron.launcher import RankGroup
+        from harness.neuron.launcher import RankGroup, RankTimeout
         from harness.neuron.sharding import ShardingUnsupported, plan
         from harness.neuron.tp import gather
-        from harness.timelimit import limit_for
+        from harness.timelimit import CandidateTimeout, limit_for
 
         c = spec.config
         try:
@@ -177,14 +178,20 @@ class ShardedCandidate(NeuronCandidate):
         except ShardingUnsupported as exc:  # upstream's limit, not the candidate's fault
             raise CandidateUnsupported(str(exc)) from None
         emulated = self.kind == "emulation"
+        limit, started = limit_for(self), time.monotonic()
         if self._group is None:
             self._group = RankGroup(self.tp_degree, setup=None if emulated else "harness.neuron.tp:init_model_parallel")
-        call = (("harness.neuron.tp:run_rank", self.bugs) if emulated else
-                ("harness.neuron.tp:run_rank_sdk", self.kind, self.class_path))
+        call = self.rank_call()
         try:
+            # a second inside what is left of the call's own limit (start-up included), so that a hang is
+            # reported by the launcher, which names the ranks that did not answer
+            left = limit - (time.monotonic() - started) - 1.0 if limit else None
             results = self._group.run(call[0], spec, batch, self.bucket_config, *call[1:],
-                                      time_limit=limit_for(self) or 3600.0)
-        except BaseException:  # a failed, hung or interrupted rank: the group is not reused
+                                      time_limit=max(0.5, left) if left is not None else None)
+        except RankTimeout as exc:
+            self.close()
+            raise CandidateTimeout(str(exc)) from None
+        except BaseException:  # a failed or interrupted rank: the group is not reused
             self.close()
             raise
         unsupported = [r for r in results if isinstance(r, str)]
@@ -193,6 +200,13 @@ class ShardedCandidate(NeuronCandidate):
         output, stage_taps, info = gather(results, p)
         info["mode"] = self.mode
         return CandidateResult(output, stage_taps if taps else {}, info)
+
+    def rank_call(self) -> tuple:
+        """What every rank runs per case: the function's import path and the arguments after
+        (spec, batch, buckets)."""
+        if self.kind == "emulation":
+            return "harness.neuron.tp:run_rank", self.bugs
+        return "harness.neuron.tp:run_rank_sdk", self.kind, self.class_path
 
     def close(self) -> None:
         if self._group is not None:
