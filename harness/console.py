@@ -97,6 +97,8 @@ def run_notes(info: dict) -> str:
     if not info:
         return ""
     parts = [info.get("mode", "")]
+    if info.get("tp_degree", 1) > 1:  # the deployment checked (the candidate's name says it too: NAME@tpN)
+        parts.append(f"tp {info['tp_degree']} ({info.get('gqa', '?')})")
     parts += [f"{phase} {size}" for phase, size in (info.get("buckets") or {}).items() if phase != "batch"]
     if "builds" in info:
         parts.append(f"{info['builds']} builds {info.get('build_seconds', 0):.0f} s")

@@ -71,7 +71,8 @@ def checks_markdown(data: dict, source: str) -> str:
         stage = r.get("first_divergent_stage") if verdict != "pass" else None
         lines.append("| " + " | ".join(_cell(c) for c in (
             r.get("id"), r.get("candidate"), f"{ICON.get(verdict, '❌')} {verdict}", _ratio(r.get("worst_ratio")),
-            stage or "-", info.get("mode", "-"), bucket_text(info), compiles_text(info))) + " |")
+            stage or "-", info.get("mode", "-") + (f", tp {info['tp_degree']}" if info.get("tp_degree", 1) > 1 else ""),
+            bucket_text(info), compiles_text(info))) + " |")
     for r in bad[:MAX_MESSAGES]:
         message = (r.get("message") or "")[:MAX_MESSAGE_CHARS]
         lines += ["", f"<details><summary>{_cell(r.get('verdict', '?')).upper()}: {_cell(r.get('id'))} / "

@@ -75,6 +75,10 @@ def test_variants_are_separate_checks_and_a_repro_replays_the_same_variant(tmp_p
     records = {r["candidate"]: r for r in json.loads(results.read_text())["cases"]}
     assert set(records) == {"nxdi-emulation", "nxdi-emulation@tp2", "mutant:tp_sink_shards_reversed"}
     assert records["nxdi-emulation@tp2"]["info"]["tp_degree"] == 2 and "tp_degree" not in records["nxdi-emulation"]["info"]
+    assert "tp 2 (REPLICATE_TO_TP_DEGREE)" in out  # the table's run notes say the deployment
+    from harness.summary import markdown
+
+    assert "emulation, tp 2" in markdown(results)
     replay = next(line.split("replay: ", 1)[1] for line in out.splitlines() if "replay: " in line)
     assert cli.main(replay.split()[1:]) == 1
     assert "candidate mutant:tp_sink_shards_reversed: FAIL" in capsys.readouterr().out
