@@ -21,6 +21,8 @@ bug's own mutant fails there), and shrinks keeping that true.
 
 from __future__ import annotations
 
+import contextlib
+
 import statistics
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field, replace
@@ -218,11 +220,15 @@ def shrink(case: Case, fails, budget: int = 200) -> Case:
 
 
 def hunt(name: str, drawn: list[Case], cache: ExpectedCache, hunted: dict | None = None) -> MutantResult:
+    with mutant(name) as candidate:
+        return _hunt(name, candidate, drawn, cache, hunted)
+
+
+def _hunt(name: str, candidate, drawn: list[Case], cache: ExpectedCache, hunted: dict | None) -> MutantResult:
     """Run the drawn cases in order until the mutant fails; then find a case that reaches every one of
     its bugs, shrink it keeping that true, and diagnose it (see the module docstring). `hunted`: results
     of single-bug mutants already hunted (name -> MutantResult), reused and extended here."""
     hunted = {} if hunted is None else hunted
-    candidate = variant("mutant", name)
     bugs = bug_classes(name)
     alone = {bug: variant("mutant", bug) for bug in bugs} if len(bugs) > 1 else {name: candidate}
 
@@ -289,9 +295,20 @@ def draw_cases(strategy, n: int, seed: int | None = None) -> list[Case]:
 
 def examples_to_kill(name: str, drawn: list[Case], cache: ExpectedCache) -> int | None:
     """The 1-based index of the first drawn case the mutant fails, or None."""
+    with mutant(name) as candidate:
+        return next((i for i, case in enumerate(drawn, 1)
+                     if not judge_case(case, candidate, cache, isolation=False).passed), None)
+
+
+@contextlib.contextmanager
+def mutant(name: str):
+    """A fresh mutant, closed after use: a sharding mutant holds rank processes (harness/neuron/launcher.py),
+    and a self-test over several seeds would otherwise keep a group of them per mutant and seed."""
     candidate = variant("mutant", name)
-    return next((i for i, case in enumerate(drawn, 1) if not judge_case(case, candidate, cache, isolation=False).passed),
-                None)
+    try:
+        yield candidate
+    finally:
+        getattr(candidate, "close", lambda: None)()
 
 
 def run_benign(names, drawn: list[Case], cache: ExpectedCache, progress=None) -> list[BenignResult]:
