@@ -328,3 +328,15 @@ def test_parity_cases_names_a_missing_file(tmp_path):
     (tmp_path / "a.json").write_text(json.dumps({"lengths": [4]}))
     (params,) = parity_cases(tmp_path / "*.json")
     assert params.id == params.values[0].id
+
+
+def test_a_candidate_holding_processes_is_loaded_once_per_session(pytestconfig):
+    """nxdi-emulation@tpN holds rank processes: every test of the session reuses one (each test loading
+    its own left a group of ranks per test until the session ended), and the session's end stops them."""
+    checker = ParityChecker(pytestconfig)
+    first = checker.load("nxdi-emulation@tp2")
+    assert checker.load("nxdi-emulation@tp2") is first and checker.load("reference") is not checker.load("reference")
+    closed = []
+    first.close = lambda: closed.append(True)
+    checker.close()
+    assert closed == [True] and checker.load("nxdi-emulation@tp2") is not first

@@ -88,6 +88,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     from harness.interrupt import restore
+    from harness.pytest_plugin.session import CHECKER
+
+    if CHECKER in config.stash:
+        config.stash[CHECKER].close()
 
     restore(config.stash.get(SIGTERM_HANDLER, None))
     from harness import timelimit

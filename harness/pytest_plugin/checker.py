@@ -70,6 +70,7 @@ class ParityChecker:
         self.records = ParityRecords()
         self.golden_changes: dict[str, str] = {}  # case id -> what --regen-goldens did to its golden
         self._default_source = None
+        self._held: dict = {}  # candidate name -> a candidate holding processes, reused by every test
 
     def __repr__(self):  # short, for the same reason as ParityRecords
         return f"<parity checker: {len(self.records)} records>"
@@ -79,12 +80,23 @@ class ParityChecker:
         from harness.candidates import load_candidate
         from harness.neuron.environment import NeuronUnavailable
 
+        if candidate_name in self._held:
+            return self._held[candidate_name]
         try:
-            return load_candidate(candidate_name)
+            candidate = load_candidate(candidate_name)
         except NeuronUnavailable as exc:
             pytest.skip(str(exc))
         except (ValueError, TypeError) as exc:  # an unknown name or a class that cannot be built
             pytest.fail(str(exc), pytrace=False)
+        if hasattr(candidate, "close"):  # holds processes (NAME@tpN): one per session, closed at its end
+            self._held[candidate_name] = candidate
+        return candidate
+
+    def close(self) -> None:
+        """Stop what the session's candidates hold (rank processes)."""
+        held, self._held = self._held, {}
+        for candidate in held.values():
+            candidate.close()
 
     def expected_source(self, goldens: str | Path | None = None):
         """Where a check's expected tensors come from. `goldens`: judged from that store alone (a missing
