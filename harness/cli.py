@@ -78,11 +78,12 @@ def _neuron_variants(args, names: list[str]) -> list[str]:
     """The candidates, each Neuron one once per --neuron-config configuration ($PARITY_NEURON_CONFIG)."""
     from harness.neuron import config
 
-    given = args.neuron_config or os.environ.get("PARITY_NEURON_CONFIG")
-    if not given:  # as named (a replayed `nxdi-emulation@tp8` stays at tp 8)
+    from_env = not args.neuron_config and args.func is cmd_run
+    given = args.neuron_config or (os.environ.get("PARITY_NEURON_CONFIG") if from_env else None)
+    if not given:  # as named (a replayed `nxdi-emulation@tp8` stays at tp 8 unless --neuron-config says)
         return names
-    try:
-        return config.expand(names, config.parse(given))
+    try:  # from the environment it applies where it applies: CPU-only candidates are no error then
+        return config.expand(names, config.parse(given), strict=not from_env)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 
@@ -178,7 +179,7 @@ def cmd_run(args) -> int:
     for _, v in unsupported:
         print(f"\nUNSUPPORTED (not run, not counted as passed): {v.message}")
     for case, v in failed:
-        print(f"\n{v.verdict.upper()}: {v.message}\n  replay: {replays[case.id, v.candidate]}")
+        print(f"\n{v.verdict.upper()}: {v.message}\n  replay: {replays.get((case.id, v.candidate), '(not saved)')}")
         if v.traceback:
             print(_indent(v.traceback) if args.verbose else "  (the candidate's traceback is in the repro file; -v prints it)")
     print(f"\n{len(pairs) - len(failed) - len(unsupported)} checks passed, {len(failed)} failed"

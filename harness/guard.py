@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import threading
 import weakref
 
 import torch
@@ -37,69 +38,114 @@ class ExitAttempt(BaseException):
     must not swallow it and carry on as if the process had ended)."""
 
 
-_owner: int | None = None  # the pid whose candidate is running (process-wide: its threads count too)
+_owner: tuple[int, int] | None = None  # (pid, thread) running a candidate
 
 
 def _guarded_exit(status: int = 0) -> None:
-    if _owner is None or os.getpid() != _owner:  # a forked child, or no candidate running: a real exit
+    # Only the candidate's own thread is stopped: another thread's exit (a test runner's timeout thread)
+    # is real, and a forked child exits as it asked. An exit 0 from elsewhere leaves the results file
+    # incomplete, which `parity summary --require-complete` fails.
+    if _owner != (os.getpid(), threading.get_ident()):
         real_exit(status)
     raise ExitAttempt(status)
 
 
 @contextlib.contextmanager
 def process_kept(what: str):
-    """Run `what` (a candidate's load or call) so that it cannot end the process."""
+    """Run `what` (a candidate's load or call) so that it cannot end the process, nor leave the check
+    by any other BaseException (pytest's skip or xfail raised by a candidate would pass a gate)."""
     global _owner
     outer = _owner
-    _owner = os.getpid()
+    pid = os.getpid()
+    _owner = (pid, threading.get_ident())
     os._exit = _guarded_exit
     try:
         yield
-    except SystemExit as exc:
-        raise CandidateMisbehaved(f"{what} called sys.exit({exc.code!r}) (SystemExit): a candidate may not end "
-                                  "the process; raise an exception to report an error") from None
-    except ExitAttempt as exc:
-        raise CandidateMisbehaved(f"{what} called os._exit({exc.args[0]!r}): a candidate may not end the "
-                                  "process; raise an exception to report an error") from None
+    except (KeyboardInterrupt, Exception):
+        raise  # Ctrl-C or SIGTERM stops the run; an ordinary error is reported with its traceback
+    except BaseException as exc:
+        if os.getpid() != pid:
+            raise  # a child the candidate forked: let it end as it asked, never run the harness twice
+        raise CandidateMisbehaved(f"{what} {_what_it_did(exc)}: a candidate may not end the process or leave "
+                                  "the check another way; raise an exception to report an error") from None
     finally:
         _owner = outer
         if outer is None:
             os._exit = real_exit
 
 
-def _tensors(obj, path: str, out: list) -> None:
+def _what_it_did(exc: BaseException) -> str:
+    if isinstance(exc, SystemExit):
+        return f"called sys.exit({exc.code!r}) (SystemExit)"
+    if isinstance(exc, ExitAttempt):
+        return f"called os._exit({exc.args[0]!r})"
+    return f"raised {type(exc).__module__}.{type(exc).__name__} ({exc}), which is not an error"
+
+
+def _walk(obj, path: str, tensors: list, holders: list) -> None:
+    """Every tensor reachable from `obj` (path, tensor), and every container on the way with what it
+    held (a candidate may replace `spec.weights["sinks"]` instead of writing into it)."""
     if isinstance(obj, torch.Tensor):
-        out.append((path, obj))
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            _tensors(value, f"{path}[{key!r}]", out)
+        tensors.append((path, obj))
+        return
+    if isinstance(obj, dict):
+        holders.append((path, obj, dict(obj)))
+        items = [(f"{path}[{k!r}]", v) for k, v in obj.items()]
     elif isinstance(obj, (list, tuple)):
-        for i, value in enumerate(obj):
-            _tensors(value, f"{path}[{i}]", out)
+        if isinstance(obj, list):
+            holders.append((path, obj, list(obj)))
+        items = [(f"{path}[{i}]", v) for i, v in enumerate(obj)]
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for f in dataclasses.fields(obj):
-            if f.name != "config":  # the model config holds no tensors
-                _tensors(getattr(obj, f.name), f"{path}.{f.name}", out)
+        fields = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "config"}
+        holders.append((path, obj, fields))  # the model config holds no tensors
+        items = [(f"{path}.{k}", v) for k, v in fields.items()]
+    else:
+        return
+    for sub, value in items:
+        _walk(value, sub, tensors, holders)
+
+
+def _restore_holders(holders: list) -> list[str]:
+    """Put back every container entry that was replaced, added or removed; the paths that changed."""
+    changed = []
+    for path, holder, held in holders:
+        if isinstance(holder, dict):
+            if holder.keys() != held.keys() or any(holder[k] is not v for k, v in held.items()):
+                changed.append(path)
+                holder.clear()
+                holder.update(held)
+        elif isinstance(holder, list):
+            if len(holder) != len(held) or any(a is not b for a, b in zip(holder, held)):
+                changed.append(path)
+                holder[:] = held
+        elif any(getattr(holder, k) is not v for k, v in held.items()):
+            changed.append(path)
+            for k, v in held.items():
+                object.__setattr__(holder, k, v)  # frozen dataclasses too
+    return changed
 
 
 @contextlib.contextmanager
 def inputs_kept(what: str, **inputs):
-    """Fail `what` by name if it changes any tensor reachable from `inputs` (name=object), after putting
-    the original values back so that no later candidate is judged on changed inputs."""
+    """Fail `what` by name if it changes any tensor reachable from `inputs` (name=object), or replaces one
+    in its container, after putting the originals back so that no later candidate is judged on changed
+    inputs."""
     found: list = []
+    holders: list = []
     for name, obj in inputs.items():
-        _tensors(obj, name, found)
+        _walk(obj, name, found, holders)
     saved = [(path, t, _pristine(t)) for path, t in found]
     try:
         yield
     except BaseException:  # its error (or a Ctrl-C) is the verdict; the inputs are put back all the same
+        _restore_holders(holders)
         _put_back(saved)
         raise
-    changed = _put_back(saved)
+    changed = _restore_holders(holders) + _put_back(saved)
     if changed:
         raise CandidateMisbehaved(f"{what} modified its input {', '.join(changed)} in place (the values were put "
                                   "back for the checks after it); a candidate must not write to the tensors it "
-                                  "is given: copy them first")
+                                  "is given, nor replace them: copy them first")
 
 
 # The first copy of each input tensor, kept while the tensor lives: a case's weights and batch reach
@@ -128,6 +174,8 @@ def _put_back(saved: list) -> list[str]:
                 changed.append(path)
                 if t.shape == copy.shape and t.dtype == copy.dtype:
                     t.copy_(copy)
+                else:  # its dtype or shape was changed (t.data = ...): give it back its own
+                    t.data = copy.clone()
     return changed
 
 

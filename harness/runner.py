@@ -39,9 +39,10 @@ def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch, **kwargs)
     seconds = limit_for(candidate)
     what = f"candidate {candidate.name}"
     try:
-        # guards outside the clock's "candidate" section: their copies are the harness's cost, not the block's
-        with torch.no_grad(), time_limit(seconds, what), process_kept(what), \
-                inputs_kept(what, spec=spec, batch=batch, **kwargs), section("candidate"):
+        # guards outside the clock's "candidate" section (their copies are the harness's cost, not the
+        # block's) and outside the time limit (a restore is never cut short by the alarm)
+        with torch.no_grad(), process_kept(what), inputs_kept(what, spec=spec, batch=batch, **kwargs), \
+                time_limit(seconds, what), section("candidate"):
             return normalise_result(candidate.run(spec, batch, taps=True, **kwargs), candidate.name)
     except CandidateMisbehaved as exc:  # ended the process or wrote to its inputs (harness/guard.py)
         return CandidateFailure("error", str(exc), "", says_who=True)
@@ -72,6 +73,10 @@ def run_probes(candidate, expected: Expected, baseline: torch.Tensor, v: Verdict
     binding = BINDING + (STRICT if strict or getattr(candidate, "skips_masked_memory", False) else ())
     for probe in expected.probes:
         out = run_candidate(candidate, expected.spec, probe.batch)
+        if isinstance(out, CandidateFailure) and out.says_who:  # ended the process, wrote its inputs: never
+            v.verdict, v.first_divergent_stage = "error", f"probe {probe.name}"  # a pass, binding probe or not
+            v.message = f"case {v.case_id} / {out.summary} (on probe {probe.name})"
+            return
         if isinstance(out, CandidateFailure):
             record = {"name": probe.name, "passed": False, "detail": f"{out.verdict}: {out.summary}"}
         else:

@@ -26,6 +26,7 @@ from harness.guard import real_exit
 DEFAULT_SECONDS = 600.0
 GRACE_SECONDS = float(os.environ.get("PARITY_TIME_LIMIT_GRACE") or 60)  # tests shorten it
 EXIT_STATUS = 124  # what `timeout` exits with
+CALLBACK_SECONDS = 20.0  # what the on_stuck callbacks get before the process exits regardless
 
 
 class CandidateTimeout(Exception):
@@ -58,6 +59,11 @@ def _stuck(what: str, seconds: float, started: float) -> None:
                f"status {EXIT_STATUS}. Raise the limit with --time-limit / --parity-time-limit / $PARITY_TIME_LIMIT if "
                "it was only slow")
     print(message, file=sys.stderr, flush=True)
+    # the callbacks write files (JUnit, JSON, a history that may wait on a lock): whatever they do, the
+    # process ends within CALLBACK_SECONDS, or the watchdog would hang like the candidate it reports
+    deadline = threading.Timer(CALLBACK_SECONDS, real_exit, (EXIT_STATUS,))
+    deadline.daemon = True
+    deadline.start()
     for callback in list(on_stuck):
         try:
             callback(message)

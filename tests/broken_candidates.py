@@ -183,3 +183,31 @@ def native_exit(spec, batch):
     import ctypes
 
     ctypes.CDLL(None)._exit(0)
+
+
+def _replace_sinks(spec, batch):
+    spec.weights["sinks"] = spec.weights["sinks"] * 3  # a new tensor in the shared dict
+
+
+def _retype_hidden(spec, batch):
+    batch.hidden.data = batch.hidden.data.float()
+
+
+def _xfail(spec, batch):
+    import pytest
+
+    pytest.xfail("not my problem")
+
+
+replaces_weights = _Named("replaces_weights", _correct_then(_replace_sinks))
+retypes_hidden = _Named("retypes_hidden", _correct_then(_retype_hidden))
+raises_xfail = _Named("raises_xfail", _correct_then(_xfail))
+
+
+def exits_on_nan(spec, batch):
+    """Correct, except that it ends the process when it sees NaN in its input (as the NaN probes send)."""
+    import sys
+
+    if batch.hidden.isnan().any():
+        sys.exit(0)
+    return run_reference(spec, batch)["output"]

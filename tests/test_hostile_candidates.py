@@ -33,7 +33,9 @@ def test_a_candidate_that_ends_the_process_gets_an_error_and_the_run_goes_on(nam
 
 
 @pytest.mark.parametrize("name, path", [("mutates_weights", "spec.weights['qkv.weight']"),
-                                        ("mutates_hidden", "batch.hidden")])
+                                        ("mutates_hidden", "batch.hidden"),
+                                        ("replaces_weights", "spec.weights"),
+                                        ("retypes_hidden", "batch.hidden")])
 def test_a_candidate_that_writes_to_its_inputs_is_named_and_nobody_else_is_blamed(name, path):
     """In either order: before, the mutator passed and the reference run after it failed at `normed`."""
     hostile, reference = _hostile(name), load_candidate("reference")
@@ -42,6 +44,19 @@ def test_a_candidate_that_writes_to_its_inputs_is_named_and_nobody_else_is_blame
         assert verdicts["reference"].verdict == "pass", verdicts["reference"].message
         assert verdicts[name].verdict == "error"
         assert f"candidate {name} modified its input {path} in place" in verdicts[name].message
+
+
+def test_a_candidate_that_leaves_the_check_by_a_pytest_outcome_gets_an_error():
+    """pytest.xfail / skip are BaseExceptions: raised by a candidate they passed a pytest gate as
+    'xfailed' with no check recorded."""
+    (v,) = run_case(CASE, [_hostile("raises_xfail")])
+    assert v.verdict == "error" and "XFailed" in v.message and "which is not an error" in v.message
+
+
+def test_a_candidate_that_misbehaves_only_in_a_probe_fails_the_check():
+    """The NaN probes are not binding, but a candidate that ends the process on one is named and failed."""
+    (v,) = run_case(Case(layer=0, lengths=(20, 7)), [load_candidate("tests.broken_candidates:exits_on_nan")])
+    assert v.verdict == "error" and "called sys.exit(0)" in v.message, v.message
 
 
 def test_a_candidate_that_ends_the_process_while_built_is_bad_input(capsys):
@@ -142,3 +157,29 @@ def test_a_native_exit_under_pytest_leaves_an_incomplete_record_that_fails_the_g
     assert json.loads(results.read_text())["summary"]["complete"] is False
     gate = _run("-m", "harness.cli", "summary", str(results), "--require-complete", cwd=tmp_path)
     assert gate.returncode == 1 and "INCOMPLETE" in gate.stderr
+
+
+def test_sigterm_ends_a_run_stuck_in_native_code(tmp_path):
+    """SIGTERM became KeyboardInterrupt, which Python raises only when the main thread returns to the
+    interpreter: a run stuck in native code ignored it for ever. A thread on the signal's wakeup fd now
+    ends the process (status 143) when the run has not unwound within the grace period."""
+    import shutil
+    import signal
+    import time
+
+    if shutil.which("gcc") is None:
+        pytest.skip("no C compiler here to build a native loop")
+    (tmp_path / "spin.c").write_text("void spin(void){ volatile unsigned long i = 0; for (;;) { i++; } }\n")
+    lib = tmp_path / "libspin.so"
+    subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(lib), str(tmp_path / "spin.c")], check=True, timeout=60)
+    code = ("import ctypes, sys\nimport harness.interrupt as i\ni.GRACE_SECONDS = 2\ni.sigterm_as_interrupt()\n"
+            f"lib = ctypes.CDLL({str(lib)!r})\nprint('ready', flush=True)\nlib.spin()\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        time.sleep(0.5)  # inside the native loop
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM
+    finally:
+        proc.kill()

@@ -118,7 +118,12 @@ def test_a_broken_block_fails_with_the_message_and_a_repro_file_and_lf_reruns_it
 
 
 @pytest.fixture(scope="module")
-def repo_with_venv(tmp_path_factory) -> Path:
+def wheel(tmp_path_factory) -> Path:
+    return build_wheel(tmp_path_factory.mktemp("wheel"))
+
+
+@pytest.fixture(scope="module")
+def repo_with_venv(tmp_path_factory, wheel) -> Path:
     """The most common layout: `python -m venv .venv` inside the repository, the harness `pip install`ed
     there (non-editable), the user's block in the repository. The venv also holds a test file of
     another package, which must never be collected."""
@@ -126,7 +131,7 @@ def repo_with_venv(tmp_path_factory) -> Path:
     (repo / "myblock").mkdir()
     (repo / "myblock" / "__init__.py").write_text("")
     (repo / "myblock" / "attn.py").write_text(BLOCKS)
-    python = venv_with_wheel(repo / ".venv", build_wheel(tmp_path_factory.mktemp("wheel")))
+    python = venv_with_wheel(repo / ".venv", wheel)
     site = Path(subprocess.run([str(python), "-c", "import harness, pathlib; print(pathlib.Path(harness.__file__)"
                                 ".parents[1])"], capture_output=True, text=True, check=True, cwd=repo).stdout.strip())
     assert site.is_relative_to(repo / ".venv"), f"the wheel's harness is not the one imported: {site}"
@@ -159,6 +164,18 @@ def test_the_suite_is_collected_from_a_venv_inside_the_repository(repo_with_venv
     assert "first divergent stage probs" in broken.stdout
 
 
+def test_a_repository_inside_a_dot_folder_keeps_its_own_tests(tmp_path, wheel):
+    """The venv's chain starts below the repository root: a repository under ~/.work (a folder pytest
+    would ignore) still collects its own tests beside the suite."""
+    repo = tmp_path / ".work" / "repo"
+    (repo / "tests").mkdir(parents=True)
+    (repo / "tests" / "test_own.py").write_text("import pytest\n\n@pytest.mark.parity\ndef test_own():\n    pass\n")
+    venv_with_wheel(repo / ".venv", wheel)
+    listed = _venv_pytest(repo, "-m", "parity", "--candidate", "reference", "--collect-only", "-q")
+    assert listed.returncode == 0, listed.stdout[-2000:] + listed.stderr[-2000:]
+    assert "tests/test_own.py::test_own" in listed.stdout and "suite.py::test_curated_sweep" in listed.stdout
+
+
 def test_a_suite_that_is_asked_for_and_not_collected_stops_the_run():
     """Whatever else keeps the suite out (--pyargs, a conftest's hook), the run stops with a usage error
     instead of passing with nothing run; a run that collected it goes on."""
@@ -166,7 +183,7 @@ def test_a_suite_that_is_asked_for_and_not_collected_stops_the_run():
 
     from harness.pytest_plugin.collection import SUITE_WANTED, pytest_collection_modifyitems
 
-    config = SimpleNamespace(stash=pytest.Stash(), getoption=lambda name: False)
+    config = SimpleNamespace(stash=pytest.Stash(), getoption=lambda name, default=None: False)
     config.stash[SUITE_WANTED] = True
     mine = SimpleNamespace(path=Path("tests/test_mine.py").absolute())
     with pytest.raises(pytest.UsageError, match="the parity suite was asked for .* collected none of its tests"):

@@ -162,3 +162,22 @@ def test_ranks_that_disagree_are_named():
 
     with pytest.raises(tp.RanksDisagree, match="rank 1's block output differs from rank 0's"):
         _in_threads(spec, batch, 2, rank1_not_reduced)
+
+
+def test_variants_of_sdk_candidates_still_need_the_sdk():
+    """`--require-neuron` and its skip-to-failure rule must see neuron@tp8 as a Neuron candidate."""
+    from harness.candidates.registry import needs_neuron_sdk
+
+    assert needs_neuron_sdk("neuron@tp8") and needs_neuron_sdk("neuron:pkg.mod:Cls@tp2")
+    assert not needs_neuron_sdk("nxdi-emulation@tp2") and not needs_neuron_sdk("reference")
+
+
+def test_a_deployment_from_the_environment_applies_where_it_applies(monkeypatch, tmp_path, capsys):
+    """$PARITY_NEURON_CONFIG does not turn a run of CPU candidates into a usage error, and never
+    overrides the deployment a repro file names (only --neuron-config does)."""
+    assert config.expand(["reference"], config.parse('{"tp_degree": 2}'), strict=False) == ["reference"]
+    monkeypatch.setenv("PARITY_NEURON_CONFIG", '{"tp_degree": 2}')
+    case_file = tmp_path / "c.json"
+    case_file.write_text('{"lengths": [4]}')
+    assert cli.main(["run", "--candidate", "reference", "--case-file", str(case_file), "--no-probes"]) == 0
+    assert "reference" in capsys.readouterr().out

@@ -26,7 +26,11 @@ NEURON = ("neuron", "neuron-block")
 
 
 def needs_neuron_sdk(spec: str) -> bool:
-    """Whether the candidate `spec` runs on the Neuron SDK (`neuron`, `neuron-block`, `neuron:...`)."""
+    """Whether the candidate `spec` runs on the Neuron SDK (`neuron`, `neuron-block`, `neuron:...`, and
+    their deployment variants `...@tpN`)."""
+    from harness.neuron.config import split
+
+    spec = split(spec)[0]
     return spec in NEURON or spec.partition(":")[0] == "neuron"
 
 

@@ -177,6 +177,8 @@ class ShardedCandidate(NeuronCandidate):
             p = plan(c.num_attention_heads, c.num_key_value_heads, self.tp_degree)
         except ShardingUnsupported as exc:  # upstream's limit, not the candidate's fault
             raise CandidateUnsupported(str(exc)) from None
+        except ValueError as exc:  # more ranks than this case's heads (small dims have 8): this case only
+            raise CandidateUnsupported(f"{exc} (this case's dims; gpt-oss's have 64)") from None
         emulated = self.kind == "emulation"
         limit, started = limit_for(self), time.monotonic()
         if self._group is None:

@@ -75,12 +75,13 @@ def split(spec: str) -> tuple[str, dict]:
     return m.group("base"), check({"tp_degree": int(m.group("tp"))}, f"candidate {spec!r}")
 
 
-def expand(specs: list[str], configs: list[dict]) -> list[str]:
+def expand(specs: list[str], configs: list[dict], strict: bool = True) -> list[str]:
     """Each Neuron candidate of `specs` once per configuration (its variants, in order); the others as
-    they are. ValueError when configurations are given and no candidate can take them."""
+    they are. ValueError when configurations are given and no candidate can take them (`strict`; a
+    configuration from the environment applies where it applies)."""
     from harness.candidates.registry import is_neuron
 
-    if configs != [DEFAULT] and not any(is_neuron(split(s)[0]) for s in specs):
+    if strict and configs != [DEFAULT] and not any(is_neuron(split(s)[0]) for s in specs):
         raise ValueError(f"--neuron-config configures Neuron candidates (nxdi-emulation, neuron, neuron-block, "
                          f"neuron:MODULE:CLASS); none of the candidates given ({', '.join(specs)}) is one")
     out: list[str] = []

@@ -9,7 +9,7 @@ import path, never pickled. The spawn context of torch.multiprocessing passes te
 memory, so the ranks read one copy of a case's weights instead of one each (a tensor argument's storage is
 moved to shared memory in place, as torch.multiprocessing does). Spawn re-imports the caller's main module
 in every rank: a script must make its RankGroup under `if __name__ == "__main__":`. Each rank gets
-cpu_count // world torch threads unless OMP_NUM_THREADS is set (tp 8 on 2 cores must not run 16 threads).
+the parent's torch threads divided among the ranks (tp 8 on 2 cores must not run 16 threads).
 
 Guarantees: loopback only (127.0.0.1, gloo on `lo`), a free port per group, every rank's failure raised
 with its rank and traceback (`RankFailed`), one time limit covering all ranks (`RankTimeout`), and no
@@ -162,7 +162,7 @@ class RankGroup:
     def __init__(self, world: int, setup: str | None = None, start_timeout: float = 180):
         if isinstance(world, bool) or not isinstance(world, int):
             raise TypeError(f"world must be an int (the number of ranks), got {world!r}")
-        cpus = os.cpu_count() or 1
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
         if world < 1:
             raise ValueError(f"world must be at least 1 rank, got {world}")
         if world > cpus * 8:
@@ -174,7 +174,9 @@ class RankGroup:
         self._closed, self._reason = False, ""
         self._processes, self._conns = [], []
         atexit.register(self.close)
-        threads = 0 if os.environ.get("OMP_NUM_THREADS") else max(1, cpus // world)  # no oversubscription
+        # the parent's threads shared among its ranks (they reflect $OMP_NUM_THREADS, an xdist worker's
+        # share and the CPU affinity): tp 8 on 2 cores must not run 16 spinning threads
+        threads = max(1, torch.get_num_threads() // world)
         context, port = tmp.get_context("spawn"), _free_port()
         try:
             for rank in range(world):

@@ -58,6 +58,14 @@ STUCK_CALLBACK = pytest.StashKey[object]()
 def pytest_configure(config: pytest.Config) -> None:
     from harness.interrupt import sigterm_as_interrupt
 
+    results = config.getoption("--parity-json")
+    if results and not hasattr(config, "workerinput") and not os.path.isdir(results):
+        from harness.jsonfile import write_json
+
+        # first of all: until the session finishes, the file says the run is incomplete, so neither a
+        # usage error below nor a process that ends early (a native exit) leaves an older run's success
+        # behind (`parity summary --require-complete`)
+        write_json(results, {"cases": [], "summary": {"checks": 0, "failed": 0, "complete": False}})
     check_options(config)
     share_cores(config)
     config.stash[SIGTERM_HANDLER] = sigterm_as_interrupt()  # a killed run still writes JUnit, JSON, report
@@ -69,13 +77,6 @@ def pytest_configure(config: pytest.Config) -> None:
     if add_suite(config):
         load_default_profile(config)  # the profiles touch hypothesis globally: only for a parity run
     check_neuron_gate(config)
-    results = config.getoption("--parity-json")
-    if results and not hasattr(config, "workerinput"):
-        from harness.jsonfile import write_json
-
-        # until the session finishes, the file says the run is incomplete: a process that ends early (a
-        # native exit) cannot leave an older run's success behind (`parity summary --require-complete`)
-        write_json(results, {"cases": [], "summary": {"checks": 0, "failed": 0, "complete": False}})
     history = config.getoption("--parity-history")
     if history and not hasattr(config, "workerinput"):
         from harness.history import History, HistoryError
@@ -108,7 +109,15 @@ def share_cores(config: pytest.Config) -> None:
     workers = getattr(config, "workerinput", {}).get("workercount")
     if not workers or os.environ.get("OMP_NUM_THREADS"):
         return
-    threads = max(1, (os.cpu_count() or 1) // int(workers))
+    threads = max(1, usable_cpus() // int(workers))
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is imported
     if "torch" in sys.modules:  # already imported (a conftest): set it directly
         sys.modules["torch"].set_num_threads(threads)
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity: a container pinned to 2 of 64 cores has 2)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1

@@ -80,7 +80,10 @@ def _suite_chain(config) -> list[Path]:
     """The folders from the first one pytest would ignore down to suite.py's folder (empty when none
     would be ignored, e.g. a checkout or a venv outside the repository)."""
     if SUITE_CHAIN not in config.stash:
-        parents = list(reversed(SUITE.parents))  # from / down to harness/pytest_plugin
+        # from the repository root down to harness/pytest_plugin: folders above the root are never
+        # walked (a repository inside ~/.work or /build/dist keeps its own tests)
+        root = Path(config.rootpath).absolute()
+        parents = [p for p in reversed(SUITE.parents) if p.is_relative_to(root) and p != root]
         chain: list[Path] = []
         for i, folder in enumerate(parents):
             if _pytest_ignores(folder, config):
@@ -126,11 +129,13 @@ def pytest_generate_tests(metafunc):
         from harness.candidates.registry import BUILTIN
 
         names = metafunc.config.getoption("--candidate") or list(BUILTIN)
-        given = metafunc.config.getoption("--neuron-config")
+        from harness.pytest_plugin.options import neuron_config_given
+
+        given, strict = neuron_config_given(metafunc.config)
         if given:  # each Neuron candidate once per configuration (checked in pytest_configure)
             from harness.neuron import config
 
-            names = config.expand(names, config.parse(given))
+            names = config.expand(names, config.parse(given), strict=strict)
         metafunc.parametrize("candidate_name", names)
 
 
@@ -139,7 +144,8 @@ def pytest_collection_modifyitems(config, items):
     """A suite that was asked for and not found stops the run (a gate that silently runs nothing is
     worse than one that fails). --no-reference: checks that need the CPU reference are deselected
     (reported as such), not skipped, so that a gate can treat every skip as a failure."""
-    if config.stash.get(SUITE_WANTED, False) and not any(Path(item.path).absolute() == SUITE for item in items):
+    if config.stash.get(SUITE_WANTED, False) and not config.getoption("lf", False) \
+            and not any(Path(item.path).absolute() == SUITE for item in items):  # --lf may skip it on purpose
         raise pytest.UsageError(
             f"the parity suite was asked for (-m parity, --candidate or --parity-suite) but pytest collected none of "
             f"its tests from {SUITE}. Something in this run ignores that path (--ignore, collect_ignore in a "

@@ -52,7 +52,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "neuron-block, neuron:MODULE:CLASS, or an import path MODULE:ATTR; repeatable. Default: every built-in. "
              "Also adds the parity suite to the run (see --parity-suite).",
     )
-    group.addoption("--neuron-config", metavar="JSON_OR_FILE", default=os.environ.get("PARITY_NEURON_CONFIG") or None,
+    group.addoption("--neuron-config", metavar="JSON_OR_FILE", default=None,
                     help="the deployment Neuron candidates are checked as: NeuronConfig fields as a JSON object "
                          "('{\"tp_degree\": 8}'), a list of objects (each its own candidate variant, NAME@tpN), or a "
                          "file holding either (default $PARITY_NEURON_CONFIG, else tp_degree 1)")
@@ -96,14 +96,15 @@ def check_options(config: pytest.Config) -> None:
     """Refuse option values that cannot work, before anything is collected (pytest exit status 4)."""
     for marker in MARKERS:
         config.addinivalue_line("markers", marker)
-    given = config.getoption("--neuron-config")
+    given, strict = neuron_config_given(config)
     if given:
         from harness.neuron import config as neuron_config
 
         try:  # refused before anything is collected
-            neuron_config.expand(config.getoption("--candidate") or ["nxdi-emulation"], neuron_config.parse(given))
+            neuron_config.expand(config.getoption("--candidate") or ["nxdi-emulation"], neuron_config.parse(given),
+                                 strict=strict)
         except ValueError as exc:
-            raise pytest.UsageError(str(exc)) from None
+            raise pytest.UsageError(f"{exc}" + ("" if strict else " ($PARITY_NEURON_CONFIG)")) from None
     limit = config.getoption("--parity-time-limit")
     if limit is not None:
         if not limit >= 0:
@@ -122,3 +123,12 @@ def check_options(config: pytest.Config) -> None:
             want = "a folder" if option == "--parity-report" else "a file"
             raise pytest.UsageError(f"{option} {value}: expected {want}, found "
                                     f"{'a file' if option == '--parity-report' else 'a folder'}; name another path")
+
+
+def neuron_config_given(config: pytest.Config) -> tuple[str | None, bool]:
+    """(--neuron-config, else $PARITY_NEURON_CONFIG; whether it was given on the command line). From the
+    environment it applies where it applies: a run of CPU candidates only is no error then."""
+    given = config.getoption("--neuron-config")
+    if given:
+        return given, True
+    return os.environ.get("PARITY_NEURON_CONFIG") or None, False

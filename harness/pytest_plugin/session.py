@@ -102,7 +102,7 @@ def write_outputs(session, config: pytest.Config, exitstatus) -> list[str]:
     lines = []
     run_id = None
     history = config.getoption("--parity-history")
-    if history and records:
+    if history and records and exitstatus != pytest.ExitCode.INTERRUPTED:  # a partial run reads as vanished checks
         from harness.history import History, HistoryError, current_commit
 
         try:
