@@ -185,10 +185,14 @@ def test_a_suite_that_is_asked_for_and_not_collected_stops_the_run():
 
     config = SimpleNamespace(stash=pytest.Stash(), getoption=lambda name, default=None: False)
     config.stash[SUITE_WANTED] = True
-    mine = SimpleNamespace(path=Path("tests/test_mine.py").absolute())
+    mine = SimpleNamespace(path=Path("tests/test_mine.py").absolute(), nodeid="tests/test_mine.py::test_mine")
     with pytest.raises(pytest.UsageError, match="the parity suite was asked for .* collected none of its tests"):
         pytest_collection_modifyitems(config, [mine])
-    pytest_collection_modifyitems(config, [mine, SimpleNamespace(path=SUITE)])
+    # pytest 7.4 collects the suite twice from a venv named `env` inside the repository: kept once
+    suite_test = SimpleNamespace(path=SUITE, nodeid="env/lib/harness/pytest_plugin/suite.py::test_x")
+    items = [mine, suite_test, SimpleNamespace(path=SUITE, nodeid=suite_test.nodeid)]
+    pytest_collection_modifyitems(config, items)
+    assert items == [mine, suite_test]
     config.stash[SUITE_WANTED] = False
     pytest_collection_modifyitems(config, [mine])  # not asked for: nothing to say
 

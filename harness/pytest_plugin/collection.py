@@ -151,6 +151,8 @@ def pytest_collection_modifyitems(config, items):
             f"its tests from {SUITE}. Something in this run ignores that path (--ignore, collect_ignore in a "
             "conftest.py, --pyargs); run `pytest --collect-only -q -m parity` to see what is collected, or name the "
             f"suite's path on the command line")
+    if config.stash.get(SUITE_WANTED, False):
+        _drop_duplicates(items)
     if not config.getoption("--no-reference"):
         return
     keep, dropped = [], []
@@ -159,6 +161,22 @@ def pytest_collection_modifyitems(config, items):
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = keep
+
+
+def _drop_duplicates(items: list) -> None:
+    """The suite once. pytest 7.4 collects it twice when the venv holding it lies inside the repository
+    under a name its norecursedirs does not match (`env`): once walking from `.`, which the ignore
+    hook above lets through, and once as the argument the plugin added (pytest 8+ drops an argument
+    inside another; 7.4 does not). Both copies have the same node id."""
+    seen: set[str] = set()
+    kept = []
+    for item in items:
+        if Path(item.path).absolute() == SUITE:
+            if item.nodeid in seen:
+                continue
+            seen.add(item.nodeid)
+        kept.append(item)
+    items[:] = kept
 
 
 def candidate_of(item) -> str | None:
