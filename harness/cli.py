@@ -78,12 +78,11 @@ def _neuron_variants(args, names: list[str]) -> list[str]:
     """The candidates, each Neuron one once per --neuron-config configuration ($PARITY_NEURON_CONFIG)."""
     from harness.neuron import config
 
-    from_env = not args.neuron_config and args.func is cmd_run
-    given = args.neuron_config or (os.environ.get("PARITY_NEURON_CONFIG") if from_env else None)
+    given, strict = config.given(args.neuron_config, environment=args.func is cmd_run)
     if not given:  # as named (a replayed `nxdi-emulation@tp8` stays at tp 8 unless --neuron-config says)
         return names
-    try:  # from the environment it applies where it applies: CPU-only candidates are no error then
-        return config.expand(names, config.parse(given), strict=not from_env)
+    try:
+        return config.expand(names, config.parse(given), strict=strict)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
 

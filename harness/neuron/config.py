@@ -56,8 +56,13 @@ def check(config: dict, source: str = "--neuron-config") -> dict:
     return {**DEFAULT, **config}
 
 
-def from_environment() -> list[dict]:
-    return parse(os.environ.get("PARITY_NEURON_CONFIG"))
+def given(option: str | None, environment: bool = True) -> tuple[str | None, bool]:
+    """(the deployment asked for, whether it is strict): `option` (--neuron-config) is; else, where the
+    command reads it, $PARITY_NEURON_CONFIG, which applies where it applies (a run of CPU candidates only
+    is no error, and it never overrides the deployment a repro file names: `environment=False`)."""
+    if option:
+        return option, True
+    return (os.environ.get("PARITY_NEURON_CONFIG") or None) if environment else None, False
 
 
 def variant(spec: str, config: dict) -> str:

@@ -27,7 +27,6 @@ import importlib
 import math
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -37,6 +36,8 @@ from multiprocessing.connection import wait
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as tmp
+
+from harness.machine import free_port, usable_cpus
 
 FAILURE_GRACE = 2.0  # seconds to collect the other ranks' answers once one rank failed
 STOP_WAIT = 5.0  # seconds close() waits for ranks to stop by themselves before killing them
@@ -72,12 +73,6 @@ def _check_path(path: str, what: str) -> None:
 
 def _resolve(path: str):
     return getattr(importlib.import_module(path.partition(":")[0]), path.partition(":")[2])
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _watch_parent(parent_pid: int) -> None:
@@ -162,7 +157,7 @@ class RankGroup:
     def __init__(self, world: int, setup: str | None = None, start_timeout: float = 180):
         if isinstance(world, bool) or not isinstance(world, int):
             raise TypeError(f"world must be an int (the number of ranks), got {world!r}")
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        cpus = usable_cpus()
         if world < 1:
             raise ValueError(f"world must be at least 1 rank, got {world}")
         if world > cpus * 8:
@@ -177,7 +172,7 @@ class RankGroup:
         # the parent's threads shared among its ranks (they reflect $OMP_NUM_THREADS, an xdist worker's
         # share and the CPU affinity): tp 8 on 2 cores must not run 16 spinning threads
         threads = max(1, torch.get_num_threads() // world)
-        context, port = tmp.get_context("spawn"), _free_port()
+        context, port = tmp.get_context("spawn"), free_port()
         try:
             for rank in range(world):
                 parent_end, child_end = context.Pipe()

@@ -96,16 +96,9 @@ def own_rendezvous_port() -> None:
     EADDRINUSE and an `error` verdict."""
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     if "MASTER_PORT" not in os.environ:
+        from harness.machine import free_port
+
         os.environ["MASTER_PORT"] = str(free_port())
-
-
-def free_port() -> int:
-    """A port that no process on 127.0.0.1 listens on now (the OS picks it)."""
-    import socket
-
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def build_attention(kind: str, class_path: str | None, spec: BlockSpec, batch: int, on_cpu: bool,

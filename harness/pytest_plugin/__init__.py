@@ -109,15 +109,10 @@ def share_cores(config: pytest.Config) -> None:
     workers = getattr(config, "workerinput", {}).get("workercount")
     if not workers or os.environ.get("OMP_NUM_THREADS"):
         return
+    from harness.machine import usable_cpus
+
     threads = max(1, usable_cpus() // int(workers))
     os.environ["OMP_NUM_THREADS"] = str(threads)  # read when torch is imported
     if "torch" in sys.modules:  # already imported (a conftest): set it directly
         sys.modules["torch"].set_num_threads(threads)
 
-
-def usable_cpus() -> int:
-    """The CPUs this process may run on (its affinity: a container pinned to 2 of 64 cores has 2)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1

@@ -126,9 +126,7 @@ def check_options(config: pytest.Config) -> None:
 
 
 def neuron_config_given(config: pytest.Config) -> tuple[str | None, bool]:
-    """(--neuron-config, else $PARITY_NEURON_CONFIG; whether it was given on the command line). From the
-    environment it applies where it applies: a run of CPU candidates only is no error then."""
-    given = config.getoption("--neuron-config")
-    if given:
-        return given, True
-    return os.environ.get("PARITY_NEURON_CONFIG") or None, False
+    """--neuron-config, else $PARITY_NEURON_CONFIG (harness/neuron/config.py `given`)."""
+    from harness.neuron.config import given
+
+    return given(config.getoption("--neuron-config"))
