@@ -211,6 +211,7 @@ def print_and_log(rank, world):
     import logging
 
     print(f"PRINTED by rank {rank}")
+    os.write(1, f"NATIVE by rank {rank}\n".encode())  # below Python, as a C library writes
     logger = logging.getLogger("a_library")
     logger.addHandler(logging.StreamHandler(sys.stdout))  # as NxD's logger does, in the rank's process
     logger.warning(f"LOGGED by rank {rank}")
@@ -229,4 +230,4 @@ def test_ranks_never_write_to_the_parents_stdout(tmp_path):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120, check=False)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip() == "TABLE [0, 1]", out.stdout
-    assert "PRINTED by rank 1" in out.stderr and "LOGGED by rank 0" in out.stderr
+    assert "PRINTED by rank 1" in out.stderr and "LOGGED by rank 0" in out.stderr and "NATIVE by rank 1" in out.stderr

@@ -361,3 +361,26 @@ def test_a_candidate_holding_processes_is_loaded_once_per_session(pytestconfig):
     first.close = lambda: closed.append(True)
     checker.close()
     assert closed == [True] and checker.load("nxdi-emulation@tp2") is not first
+
+
+def test_each_xdist_worker_gets_its_share_of_the_cores(monkeypatch):
+    """Two workers with torch's default one OpenMP thread per core spun 4 threads on 2 cores (the
+    long-position checks: 115 s instead of 13 s); each worker now gets cores // workers, and an
+    explicit $OMP_NUM_THREADS is kept."""
+    from types import SimpleNamespace
+
+    import torch
+
+    import harness.machine
+    from harness.pytest_plugin import share_cores
+
+    monkeypatch.setattr(harness.machine, "usable_cpus", lambda: 8)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: seen.append(n))
+    seen = []
+    share_cores(SimpleNamespace(workerinput={"workercount": 2}))
+    assert os.environ["OMP_NUM_THREADS"] == "4" and seen == [4]
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    share_cores(SimpleNamespace(workerinput={"workercount": 2}))
+    assert os.environ["OMP_NUM_THREADS"] == "3" and seen == [4]
+    share_cores(SimpleNamespace())  # not a worker: left alone
