@@ -121,7 +121,7 @@ def gather(emit=lambda label, value: None) -> Findings:
     from harness.goldens import GoldenStore, cache_dir
     from harness.history import history_path
     from harness.neuron.environment import SDK_PACKAGES, detect, neuron_ls
-    from harness.neuron.nxdi import compile_cache_dir
+    from harness.neuron.device import compile_cache_dir
     from harness.repro import failures_dir
 
     for name in SDK_PACKAGES:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import torch
 
-from harness.batch import Batch, BlockSpec, build, layer_specs, make_batch
+from harness.batch import Batch, BlockSpec, layer_specs, make_batch
 from harness.case import Case
 from harness.limits import check_fits
 from harness.produce import run_oracle, run_reference

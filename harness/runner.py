@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from harness.batch import Batch, BlockSpec
-from harness.candidates import Candidate, CandidateResult, CandidateUnsupported, accepts_cache, normalise_result
+from harness.candidates import (Candidate, CandidateInconsistent, CandidateResult, CandidateUnsupported, accepts_cache,
+                                normalise_result)
 from harness.case import Case
 from harness.compare import Bounds, Divergence, Verdict, compare
 from harness.expected import Expected, ExpectedFn, compute_expected, next_input
@@ -22,12 +23,14 @@ from harness.timing import section
 
 @dataclass
 class CandidateFailure:
-    """A candidate call that raised ("error") or ran past its time limit ("timeout")."""
+    """A candidate call that raised ("error"), ran past its time limit ("timeout"), could not run the case
+    ("unsupported") or contradicted itself ("fail" at `stage`: CandidateInconsistent)."""
 
     verdict: str
     summary: str  # the exception's last line
     traceback: str  # the whole traceback, kept in repro files and JSON, printed with -v
     says_who: bool = False  # the summary names the candidate and what it did (harness/guard.py)
+    stage: str | None = None  # verdict "fail": where its own results disagree
 
 
 def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch, **kwargs) -> CandidateResult | CandidateFailure:
@@ -50,6 +53,8 @@ def run_candidate(candidate: Candidate, spec: BlockSpec, batch: Batch, **kwargs)
         return CandidateFailure("timeout", str(exc), traceback.format_exc())
     except CandidateUnsupported as exc:
         return CandidateFailure("unsupported", str(exc), "")
+    except CandidateInconsistent as exc:
+        return CandidateFailure("fail", str(exc), "", stage=exc.stage)
     except Exception as exc:
         return CandidateFailure("error", traceback.format_exception_only(type(exc), exc)[-1].strip(),
                                 traceback.format_exc())
@@ -91,10 +96,12 @@ def run_probes(candidate, expected: Expected, baseline: torch.Tensor, v: Verdict
 
 def _verdict(case_id, candidate, result, expected: Expected, bounds) -> Verdict:
     if isinstance(result, CandidateFailure):
-        what = {"error": "raised", "timeout": "timed out:", "unsupported": "cannot run this case:"}[result.verdict]
+        what = {"error": "raised", "timeout": "timed out:", "unsupported": "cannot run this case:",
+                "fail": f"failed at {result.stage}:"}[result.verdict]
         message = (f"case {case_id} / {result.summary}" if result.says_who else
                    f"case {case_id} / candidate {candidate.name}: {what} {result.summary}")
-        return Verdict(case_id, candidate.name, result.verdict, traceback=result.traceback, message=message)
+        return Verdict(case_id, candidate.name, result.verdict, first_divergent_stage=result.stage,
+                       traceback=result.traceback, message=message)
     with section("compare"):
         v = compare(case_id, candidate.name, expected.batch, expected.oracle, expected.reference,
                     result.output, result.taps, bounds, expected.spec.dtype)
@@ -138,7 +145,8 @@ def run_stack(case: Case, candidates: list[Candidate], bounds: Bounds, layers: l
             result = run_candidate(c, e.spec, e.batch)
             layer_bounds = bounds.for_candidate(c)
             v = _verdict(case.id, c, result, e, layer_bounds if case.stack_mode == "teacher" else layer_bounds.output_only())
-            if v.verdict == "fail" and case.stack_mode == "teacher":  # a teacher-forced layer is a block of its own
+            if v.verdict == "fail" and case.stack_mode == "teacher" and not isinstance(result, CandidateFailure):
+                # a teacher-forced layer is a block of its own
                 diagnose(v, c, set(result.taps), e, layer_bounds, isolation)
             per_layer[c.name].append(v)
             if isinstance(result, CandidateFailure) or v.verdict in ("shape", "dtype", "nonfinite"):

@@ -36,7 +36,6 @@ from harness.expected import Expected, compute_expected
 from harness.mutants import (
     ALL_MUTANTS,
     BENIGN,
-    DRIVER_MUTANTS,
     OWN_CANDIDATE,
     PLAN_BUG_EXAMPLES,
     PLAN_BUGS,
@@ -44,8 +43,6 @@ from harness.mutants import (
     mutant_knobs,
     variant,
 )
-from harness.neuron.bugs import SHARDING_MUTANTS
-from harness.neuron.tp import RANK_CHECK
 from harness.runner import run_case
 from harness.stages import STAGES
 from harness.strategies import W, cases
@@ -260,8 +257,6 @@ def _hunt(name: str, candidate, drawn: list[Case], cache: ExpectedCache, hunted:
     expected = sorted((st[0] for st in bug_stages.values() if len(st) == 1), key=_pipeline_order)
     # divergent stages are distinct, so two bugs naming the same stage can never match
     named = len(expected) == len(bugs) and final.divergent_stages == expected
-    if name in SHARDING_MUTANTS and final.verdict == "error" and RANK_CHECK in final.message:
-        named = True  # the tolerance-free rank check names the rank or kv head (harness/neuron/tp.py)
     message = final.message
     if not named:
         alone_said = "; ".join(f"{bug} alone: {', '.join(st) or 'nothing'}" for bug, st in bug_stages.items())

@@ -48,3 +48,22 @@ def test_hf_taps_match_reference_where_bf16_ops_are_the_same(layer):
     hf = load_candidate("hf").run(spec, batch, taps=True)
     for stage in ("normed", "q", "k", "v"):
         assert torch.equal(hf.taps[stage][batch.valid], ref.taps[stage][batch.valid]), stage
+
+
+@pytest.mark.parametrize("case", [Case(lengths=(6,)), Case(lengths=(6,), depth=2, stack_mode="teacher"),
+                                  Case(lengths=(6,), depth=2, stack_mode="free")], ids=lambda c: c.id)
+def test_a_candidate_that_contradicts_itself_fails_at_its_stage(case):
+    """CandidateInconsistent (e.g. two ranks of a sharded block disagreeing): a `fail` at the stage it
+    names, with its message, in single blocks and stacks alike; never an `error`."""
+    from harness.candidates import CandidateInconsistent
+    from harness.runner import run_case
+
+    class Disagrees:
+        name = "disagrees"
+
+        def run(self, spec, batch, *, taps):
+            raise CandidateInconsistent("k_rope", "kv head 1: rank 3 differs from rank 2")
+
+    (v,) = run_case(case, [as_candidate(Disagrees())])
+    assert v.verdict == "fail" and "k_rope" in v.first_divergent_stage, v.message
+    assert "failed at k_rope: kv head 1: rank 3 differs from rank 2" in v.message

@@ -266,7 +266,6 @@ def test_neuron_module_builds_log_to_stderr(monkeypatch, tmp_path, capsys):
 
     from harness.batch import build
     from harness.case import Case
-    from harness.neuron import nxdi
     from harness.neuron.candidate import NxdiEmulation
     from harness.neuron.emulation import NxdiConventionAttention
     from tests import fake_sdk
@@ -281,7 +280,7 @@ def test_neuron_module_builds_log_to_stderr(monkeypatch, tmp_path, capsys):
             made.append(logger)
         logger.info(f"NOISE {what}")
 
-    def build_attention(kind, path, spec, batch, on_cpu):
+    def build_attention(kind, path, spec, batch, on_cpu, tp_degree=1):
         imported_and_logs("building the attention")
         return NxdiConventionAttention(spec.config, spec.layer_idx, spec.dtype)
 
@@ -291,7 +290,6 @@ def test_neuron_module_builds_log_to_stderr(monkeypatch, tmp_path, capsys):
     for mode in ("cpu", "device"):
         candidate = NxdiEmulation(name=f"fake-{mode}")
         candidate.kind, candidate.mode, candidate.class_path = "neuron", mode, None
-        monkeypatch.setattr(candidate, "_layer", lambda spec, batch, c=candidate: nxdi.make_layer(c, spec))
         candidate.run(spec, batch)
         out, err = capsys.readouterr()
         assert "NOISE" not in out and "NOISE building the attention" in err, (mode, out, err)

@@ -285,14 +285,9 @@ def test_pytest_skips_every_neuron_test_with_one_reason():
 def test_the_device_path_builds_each_phase_and_shape_once(monkeypatch, tmp_path):
     """DeviceLayer traces one module per (phase, shape) through build_module, with the converted weights
     as its checkpoint, and runs the plan through the same driver: the result equals the eager one."""
-    from harness.neuron import nxdi
-
-    built = []
-    fake_sdk.install(monkeypatch, tmp_path, on_build=lambda module_cls, example_inputs: built.append(
-        (module_cls.__name__, tuple(tuple(t.shape) for t in example_inputs[0]))))
+    built = fake_sdk.install(monkeypatch, tmp_path).builds
     device = NxdiEmulation(name="fake-device")
     device.kind, device.mode, device.class_path = "neuron", "device", None
-    monkeypatch.setattr(device, "_layer", lambda spec, batch: nxdi.DeviceLayer(device, spec))
     case = Case(layer=0, lengths=(130, 20), plan="decode", decode_steps=3, input_seed=9)
     spec, batch = build(case)
     on_device = device.run(spec, batch, taps=True)

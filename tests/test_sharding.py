@@ -153,15 +153,17 @@ def test_ranks_that_disagree_are_named():
             taps = dict(taps, k_rope=taps["k_rope"] + 1)
         return output, taps, info
 
-    with pytest.raises(tp.RanksDisagree, match="k_rope: kv head 1: rank 3 differs from rank 2"):
+    with pytest.raises(tp.RanksDisagree, match="k_rope: kv head 1: rank 3 differs from rank 2") as caught:
         _in_threads(spec, batch, 4, rank2_loads_rank0s_kv)
+    assert caught.value.stage == "k_rope"
 
     def rank1_not_reduced(rank, result):
         output, taps, info = result
         return (output * 2 if rank == 1 else output), taps, info
 
-    with pytest.raises(tp.RanksDisagree, match="rank 1's block output differs from rank 0's"):
+    with pytest.raises(tp.RanksDisagree, match="rank 1's block output differs from rank 0's") as caught:
         _in_threads(spec, batch, 2, rank1_not_reduced)
+    assert caught.value.stage == "out_proj"
 
 
 def test_variants_of_sdk_candidates_still_need_the_sdk():

@@ -10,9 +10,10 @@ Optional declarations (plans, accepts_cache for from_cache plans, buckets): harn
 Built-ins are looked up by name; anything else by import path `package.module:attribute`.
 """
 
-from harness.candidates.protocol import (Candidate, CandidateResult, CandidateUnsupported, accepts_cache,
+from harness.candidates.protocol import (Candidate, CandidateInconsistent, CandidateResult, CandidateUnsupported,
+                                         accepts_cache,
                                          as_candidate, normalise_result, supported_plans)
 from harness.candidates.registry import BUILTIN, load_candidate
 
-__all__ = ["BUILTIN", "Candidate", "CandidateResult", "CandidateUnsupported", "accepts_cache", "as_candidate",
+__all__ = ["BUILTIN", "Candidate", "CandidateInconsistent", "CandidateResult", "CandidateUnsupported", "accepts_cache", "as_candidate",
            "load_candidate", "normalise_result", "supported_plans"]

@@ -24,6 +24,16 @@ class CandidateUnsupported(Exception):
     check is reported as `unsupported` with this message (pytest skips it), never run as something else."""
 
 
+class CandidateInconsistent(Exception):
+    """Raised by a candidate whose own results contradict each other where a correct block's cannot
+    (e.g. two ranks of a sharded block holding different outputs): a `fail` at `stage`, found without
+    the oracle and without a tolerance."""
+
+    def __init__(self, stage: str, message: str):
+        super().__init__(message)
+        self.stage = stage
+
+
 @runtime_checkable
 class Candidate(Protocol):
     """Optional attributes a candidate may declare:

@@ -16,60 +16,16 @@ from __future__ import annotations
 import os
 import time
 
-import torch
 
 from harness.batch import Batch, BlockSpec
 from harness.candidates.protocol import CandidateResult, CandidateUnsupported
 from harness.neuron.bugs import Bugs
-from harness.neuron.convert import check_loaded, nxdi_state_dict
 from harness.neuron.driver import Buckets, Driver, PlanUnsupported
 from harness.neuron.emulation import NxdiConventionAttention
 from harness.neuron.environment import require
-from harness.neuron.layer import NeuronLayer
+from harness.neuron.layer import EagerLayer, NeuronLayer, load_layer
 
 KINDS = ("emulation", "neuron", "neuron-block", "class")
-
-
-class EagerLayer:
-    """A NeuronLayer run in this process (CPU mode and the emulation)."""
-
-    def __init__(self, module: NeuronLayer):
-        self.module = module
-
-    def keep_internals(self, keep: bool) -> bool:
-        """Ask the attention module to keep its internals (only the emulation can); whether it will."""
-        if not hasattr(self.module.attn, "keep_internals"):
-            return False
-        self.module.attn.keep_internals = keep
-        return keep
-
-    def internals(self) -> dict:
-        return getattr(self.module.attn, "recorded", {})
-
-    def set_feed(self, fed: dict) -> None:
-        """Stage isolation: the next calls use these values (the emulation's module only)."""
-        self.module.fed_normed = fed.get("normed")
-        self.module.attn.fed = {k: v for k, v in fed.items() if k != "normed"}
-
-    def context(self, x, mask, position_ids):
-        with torch.no_grad():
-            return self.module(x, mask, position_ids)
-
-    def generation(self, x, mask, position_ids, k_cache, v_cache, active):
-        with torch.no_grad():
-            return self.module(x, mask, position_ids, k_cache, v_cache, active)
-
-
-def load_layer(module: NeuronLayer, spec: BlockSpec, bugs: Bugs = Bugs()) -> NeuronLayer:
-    """Fill the layer with the case's weights (strict conversion, checked after loading)."""
-    return load_state(module, nxdi_state_dict(spec.weights, spec.config, module.state_dict(), bugs=bugs))
-
-
-def load_state(module: NeuronLayer, given: dict) -> NeuronLayer:
-    """Load `given` strictly and check it arrived."""
-    module.load_state_dict(given, strict=True)
-    check_loaded(module, given)
-    return module.eval()
 
 
 def configured_buckets() -> Buckets:
@@ -107,8 +63,12 @@ class NeuronCandidate:
         if self.kind == "emulation":
             attention = NxdiConventionAttention(spec.config, spec.layer_idx, spec.dtype, self.bugs)
             layer = EagerLayer(load_layer(NeuronLayer(attention, spec.config.hidden_size), spec, self.bugs))
+        elif self.mode == "device":
+            from harness.neuron.device import DeviceLayer  # the SDK is imported only there and in nxdi
+
+            layer = DeviceLayer(self, spec)
         else:
-            from harness.neuron import nxdi  # the SDK is imported only here
+            from harness.neuron import nxdi
 
             layer = nxdi.make_layer(self, spec)
         self._built = (spec.weights, key, layer)
@@ -150,8 +110,10 @@ class ShardedCandidate(NeuronCandidate):
     checked and gathered (harness/neuron/tp.py). The emulation shards itself as NxDI does
     (harness/neuron/sharding.py), so CI exercises the launcher, the sharding and the gathering on every
     run without the SDK; the SDK's modules are built sharded in NxD's model-parallel state and loaded
-    through NxD's own `get_sharded_checkpoint` (CPU mode; on a device: not yet). Like a real sharded
-    module it cannot be entered at a stage (no `feed`): a failure is named from its taps."""
+    through NxD's own `get_sharded_checkpoint`. On a Neuron device there are no rank processes: one SPMD
+    graph per (phase, shape) runs every rank (harness/neuron/device.py), checked and gathered the same
+    way. Like a real sharded module it cannot be entered at a stage (no `feed`): a failure is named
+    from its taps."""
 
     def __init__(self, tp_degree: int, kind: str = "emulation", class_path: str | None = None,
                  name: str | None = None, bugs: Bugs = Bugs(), buckets: Buckets | None = None):
@@ -160,9 +122,6 @@ class ShardedCandidate(NeuronCandidate):
         base = {"emulation": "nxdi-emulation", "class": f"neuron:{class_path}"}.get(kind, kind)
         super().__init__(kind, class_path=class_path, name=name or variant(base, {"tp_degree": tp_degree}),
                          bugs=bugs, buckets=buckets)
-        if self.mode == "device":
-            raise ValueError(f"candidate {self.name}: tensor parallelism on a Neuron device is not implemented yet "
-                             "(it runs in CPU mode: $PARITY_NEURON_MODE=cpu); README \"Tensor parallelism\"")
         self.tp_degree = tp_degree
         self._group = None
 
@@ -179,6 +138,10 @@ class ShardedCandidate(NeuronCandidate):
             raise CandidateUnsupported(str(exc)) from None
         except ValueError as exc:  # more ranks than this case's heads (small dims have 8): this case only
             raise CandidateUnsupported(f"{exc} (this case's dims; gpt-oss's have 64)") from None
+        if self.mode == "device":
+            result = self._drive(spec, batch, taps)
+            result.info.update(tp_degree=p.tp, gqa=p.strategy)
+            return result
         emulated = self.kind == "emulation"
         limit, started = limit_for(self), time.monotonic()
         if self._group is None:

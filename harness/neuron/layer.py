@@ -9,11 +9,18 @@ Context encoding passes no cache; token generation passes the cache and the acti
 is the attention module's output (NxDI's o_proj with bias, no residual); k and v are its
 present_key_value (after RoPE): the window or the whole context after context encoding, the step's
 own keys after token generation.
+
+EagerLayer runs one in this process (CPU mode, the emulation); harness/neuron/device.py compiles it
+for a Neuron device. Both present the same two calls to the driver.
 """
 
 from __future__ import annotations
 
 import torch
+
+from harness.batch import BlockSpec
+from harness.neuron.bugs import Bugs
+from harness.neuron.convert import check_loaded, nxdi_state_dict
 
 NORM_EPS = 1e-5  # gpt-oss's RMSNorm
 
@@ -43,3 +50,45 @@ class NeuronLayer(torch.nn.Module):
         extra = {} if k_cache is None else {"past_key_value": (k_cache, v_cache), "active_mask": active_mask}
         hidden, k, v = unpack(self.attn(hidden_states=normed, attention_mask=mask, position_ids=position_ids, **extra))
         return x + hidden.to(x.dtype), normed, hidden, k, v
+
+
+class EagerLayer:
+    """A NeuronLayer run in this process (CPU mode and the emulation)."""
+
+    def __init__(self, module: NeuronLayer):
+        self.module = module
+
+    def keep_internals(self, keep: bool) -> bool:
+        """Ask the attention module to keep its internals (only the emulation can); whether it will."""
+        if not hasattr(self.module.attn, "keep_internals"):
+            return False
+        self.module.attn.keep_internals = keep
+        return keep
+
+    def internals(self) -> dict:
+        return getattr(self.module.attn, "recorded", {})
+
+    def set_feed(self, fed: dict) -> None:
+        """Stage isolation: the next calls use these values (the emulation's module only)."""
+        self.module.fed_normed = fed.get("normed")
+        self.module.attn.fed = {k: v for k, v in fed.items() if k != "normed"}
+
+    def context(self, x, mask, position_ids):
+        with torch.no_grad():
+            return self.module(x, mask, position_ids)
+
+    def generation(self, x, mask, position_ids, k_cache, v_cache, active):
+        with torch.no_grad():
+            return self.module(x, mask, position_ids, k_cache, v_cache, active)
+
+
+def load_layer(module: NeuronLayer, spec: BlockSpec, bugs: Bugs = Bugs()) -> NeuronLayer:
+    """Fill the layer with the case's weights (strict conversion, checked after loading)."""
+    return load_state(module, nxdi_state_dict(spec.weights, spec.config, module.state_dict(), bugs=bugs))
+
+
+def load_state(module: NeuronLayer, given: dict) -> NeuronLayer:
+    """Load `given` strictly and check it arrived."""
+    module.load_state_dict(given, strict=True)
+    check_loaded(module, given)
+    return module.eval()

@@ -1,5 +1,6 @@
-"""Building NxDI's attention modules from a case's spec, and running them eagerly (CPU mode) or
-compiled on a Neuron device. Only this module and harness/neuron/block.py import the SDK.
+"""Building NxDI's attention modules from a case's spec, and running them eagerly (CPU mode; compiled on
+a Neuron device: harness/neuron/device.py). Only these modules, harness/neuron/tp.py's SDK rank
+function and harness/neuron/block.py import the SDK.
 
 Traps handled here (shared notes/nxdi.md): attention_bias must be True or the q/k/v/o biases are
 silently absent; the nn.Linear projections are created in float32 whatever torch_dtype says, so the
@@ -11,18 +12,14 @@ modules get Column/RowParallelLinear, so it is torn down after every build; kern
 from __future__ import annotations
 
 import copy
-import hashlib
 import importlib
 import inspect
-import json
 import os
-import time
-from pathlib import Path
 
 import torch
 
 from harness.batch import BlockSpec
-from harness.neuron.layer import NeuronLayer
+from harness.neuron.layer import EagerLayer, NeuronLayer, load_layer
 from harness.quiet import third_party_output_to_stderr
 
 MAX_LENGTH = 8192  # the config's max_length / seq_len: the largest bucket a module is built for
@@ -130,106 +127,10 @@ def build_attention(kind: str, class_path: str | None, spec: BlockSpec, batch: i
     return attention.to(spec.dtype).eval()
 
 
-class LayerModule(NeuronLayer):
-    """A NeuronLayer built from keywords alone, as NxDI's build_module constructs what it traces."""
-
-    def __init__(self, kind: str, class_path: str | None, spec_json: str, batch: int):
-        spec = spec_from_json(spec_json)
-        super().__init__(build_attention(kind, class_path, spec, batch, on_cpu=False), spec.config.hidden_size)
-
-
-class ContextModule(LayerModule):
-    def forward(self, x, mask, position_ids):  # noqa: D102 (one traced signature per phase)
-        return super().forward(x, mask, position_ids)
-
-
-class GenerationModule(LayerModule):
-    def forward(self, x, mask, position_ids, k_cache, v_cache, active):  # noqa: D102
-        return super().forward(x, mask, position_ids, k_cache, v_cache, active)
-
-
-def spec_to_json(spec: BlockSpec) -> str:
-    import dataclasses
-
-    return json.dumps({"config": dataclasses.asdict(spec.config), "layer": spec.layer_idx, "dtype": str(spec.dtype)[6:]})
-
-
-def spec_from_json(text: str) -> BlockSpec:
-    from reference.gpt_oss import ModelConfig
-
-    data = json.loads(text)
-    return BlockSpec(ModelConfig(**data["config"]), data["layer"], {}, getattr(torch, data["dtype"]))
-
-
-def compile_cache_dir() -> Path:
-    """Where traced modules and their checkpoints are kept: $PARITY_NEURON_CACHE, default
-    ~/.cache/gpt-oss-parity/neuron. neuronx-cc keeps its compiled graphs in its own persistent cache
-    ($NEURON_COMPILE_CACHE_URL, default /var/tmp/neuron-compile-cache), so an unchanged graph is not
-    compiled again."""
-    base = os.environ.get("PARITY_NEURON_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gpt-oss-parity" / "neuron"
-    return Path(base)
-
-
-class DeviceLayer:
-    """Compiles and runs one layer per (phase, shape) on the Neuron device; built once per shape."""
-
-    def __init__(self, candidate, spec: BlockSpec):
-        from safetensors.torch import save_file
-
-        self.candidate, self.spec = candidate, spec
-        self.models: dict[tuple, object] = {}
-        eager = NeuronLayer(build_attention(candidate.kind, candidate.class_path, spec, 1, on_cpu=True),
-                            spec.config.hidden_size)
-        from harness.neuron.candidate import load_layer
-
-        state = load_layer(eager, spec, candidate.bugs).state_dict()
-        digest = hashlib.sha256(b"".join(t.contiguous().view(torch.uint8).numpy().tobytes() for t in state.values())).hexdigest()[:16]
-        self.checkpoint = compile_cache_dir() / "weights" / f"{digest}.safetensors"
-        if not self.checkpoint.exists():
-            self.checkpoint.parent.mkdir(parents=True, exist_ok=True)
-            save_file({k: v.contiguous() for k, v in state.items()}, str(self.checkpoint))
-
-    def _model(self, phase: str, inputs: tuple):
-        from neuronx_distributed_inference.utils.testing import build_module
-        from safetensors.torch import load_file
-
-        key = (phase, *(tuple(t.shape) for t in inputs))
-        if key not in self.models:
-            module_cls = ContextModule if phase == "context" else GenerationModule
-            spec_json = spec_to_json(self.spec)
-            tag = hashlib.sha256(json.dumps([self.candidate.kind, self.candidate.class_path, spec_json, key]).encode()).hexdigest()[:16]
-            started = time.monotonic()
-            with third_party_output_to_stderr():  # NxD logs about 15 INFO lines per build on stdout
-                self.models[key] = build_module(
-                    module_cls, [inputs], module_init_kwargs=dict(kind=self.candidate.kind,
-                                                                  class_path=self.candidate.class_path,
-                                                                  spec_json=spec_json, batch=inputs[0].shape[0]),
-                    tp_degree=1, compiler_args="--auto-cast=none" if self.spec.dtype == torch.float32 else None,
-                    compiler_workdir=str(compile_cache_dir() / "work" / tag), checkpoint_path=str(self.checkpoint),
-                    logical_nc_config=int(os.environ.get("NEURON_LOGICAL_NC_CONFIG", "1")),
-                    checkpoint_loader_fn=lambda path: load_file(str(path)))
-            self.candidate.builds += 1
-            self.candidate.build_seconds += time.monotonic() - started
-        return self.models[key]
-
-    def context(self, x, mask, position_ids):
-        inputs = (x, mask, position_ids)
-        with torch.no_grad():
-            return tuple(self._model("context", inputs)(*inputs))
-
-    def generation(self, x, mask, position_ids, k_cache, v_cache, active):
-        inputs = (x, mask, position_ids, k_cache, v_cache, active)
-        with torch.no_grad():
-            return tuple(self._model("generation", inputs)(*inputs))
-
-
 def make_layer(candidate, spec: BlockSpec):
-    """What the driver calls: compiled on a device, eager in CPU mode. The SDK's logging goes to stderr
-    (harness/quiet.py): its handlers on stdout are made on import, here, and would reach the table."""
+    """What the driver calls in CPU mode: the module run eagerly here (on a device:
+    harness/neuron/device.py). The SDK's logging goes to stderr (harness/quiet.py): its handlers on
+    stdout are made on import, here, and would reach the table."""
     with third_party_output_to_stderr():
-        if candidate.mode == "device":
-            return DeviceLayer(candidate, spec)
         attention = build_attention(candidate.kind, candidate.class_path, spec, 1, on_cpu=True)
-    from harness.neuron.candidate import EagerLayer, load_layer
-
     return EagerLayer(load_layer(NeuronLayer(attention, spec.config.hidden_size), spec, candidate.bugs))

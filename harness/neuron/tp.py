@@ -20,6 +20,7 @@ import dataclasses
 import torch
 
 from harness.batch import Batch, BlockSpec
+from harness.candidates.protocol import CandidateInconsistent
 from harness.neuron.bugs import Bugs
 from harness.neuron.sharding import ShardPlan, gather_heads, gather_kv, plan, shard_state_dict
 
@@ -29,11 +30,12 @@ KV_AXIS = {"k": 2, "v": 2, "k_rope": 2}
 WHOLE = ("normed", "out_proj", "output")  # the same on every rank
 
 
-RANK_CHECK = "tolerance-free rank check"  # in every RanksDisagree message (the self-test looks for it)
+RANK_CHECK = "tolerance-free rank check"  # in every RanksDisagree message
 
 
-class RanksDisagree(Exception):
-    """Ranks hold different values where a correct sharded block holds the same (tolerance-free)."""
+class RanksDisagree(CandidateInconsistent):
+    """Ranks hold different values where a correct sharded block holds the same (tolerance-free): a
+    `fail` at the stage where they differ (out_proj: o_proj's all-reduce; k_rope / v: a kv shard)."""
 
 
 def rank_batch(batch: Batch, p: ShardPlan, rank: int) -> Batch:
@@ -55,11 +57,10 @@ def _all_reduce(partial: torch.Tensor) -> torch.Tensor:
 def run_rank(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, bugs: Bugs = Bugs()):
     """In rank `rank`'s process: build its share of the emulation's layer and run the batch through the
     driver. Returns (output, taps, info), or the reason when the module cannot run the plan."""
-    from harness.neuron.candidate import EagerLayer, load_state
     from harness.neuron.convert import nxdi_state_dict
     from harness.neuron.driver import Driver, PlanUnsupported
     from harness.neuron.emulation import NxdiConventionAttention
-    from harness.neuron.layer import NeuronLayer
+    from harness.neuron.layer import EagerLayer, NeuronLayer, load_state
 
     c = spec.config
     p = plan(c.num_attention_heads, c.num_key_value_heads, world)
@@ -92,11 +93,10 @@ def run_rank_sdk(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, 
     from neuronx_distributed.trace.trace import get_sharded_checkpoint
 
     from harness.neuron import nxdi
-    from harness.neuron.candidate import EagerLayer
     from harness.neuron.convert import nxdi_state_dict
     from harness.neuron.driver import Driver, PlanUnsupported
     from harness.neuron.emulation import NxdiConventionAttention
-    from harness.neuron.layer import NeuronLayer
+    from harness.neuron.layer import EagerLayer, NeuronLayer
 
     c = spec.config
     p = plan(c.num_attention_heads, c.num_key_value_heads, world)
@@ -122,27 +122,37 @@ def run_rank_sdk(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, 
         return str(exc)
 
 
+def same_on_every_rank(per_rank: list[torch.Tensor], p: ShardPlan) -> torch.Tensor:
+    """Rank 0's block output, after checking every rank holds the same bits."""
+    for rank, out in enumerate(per_rank[1:], 1):
+        if not torch.equal(out.nan_to_num(0), per_rank[0].nan_to_num(0)):
+            raise RanksDisagree("out_proj", f"{RANK_CHECK}: rank {rank}'s block output differs from rank 0's (tp {p.tp}): "
+                                "after o_proj's all-reduce every rank must hold the same output")
+    return per_rank[0]
+
+
+def gather_replicas(per_rank_taps: list[dict[str, torch.Tensor]], p: ShardPlan, axes: dict[str, int]) -> dict[str, torch.Tensor]:
+    """Each kv stage in `axes` (name -> its head axis) in the unsharded block's layout, after checking
+    that replicated kv heads hold the same bits on every rank that holds them."""
+    gathered, problems = {}, []
+    for name, axis in axes.items():
+        gathered[name], wrong = gather_kv([t[name] for t in per_rank_taps], p, axis)
+        problems += [(name, w) for w in wrong]
+    if problems:
+        raise RanksDisagree(problems[0][0], f"{RANK_CHECK}: replicated kv heads differ between ranks (tp {p.tp}, "
+                            f"{p.strategy}, each kv head held by {p.repeats} ranks): "
+                            + "; ".join(f"{name}: {w}" for name, w in problems))
+    return gathered
+
+
 def gather(results: list, p: ShardPlan) -> tuple[torch.Tensor, dict[str, torch.Tensor], dict]:
     """The ranks' (output, taps, info) as one block's, after the tolerance-free checks above."""
-    outputs = [r[0] for r in results]
-    for rank, out in enumerate(outputs[1:], 1):
-        if not torch.equal(out.nan_to_num(0), outputs[0].nan_to_num(0)):
-            raise RanksDisagree(f"{RANK_CHECK}: rank {rank}'s block output differs from rank 0's (tp {p.tp}): after "
-                                "o_proj's all-reduce every rank must hold the same output")
-    taps: dict[str, torch.Tensor] = {}
-    problems = []
-    for name in results[0][1]:
-        per_rank = [r[1][name] for r in results]
-        if name in QUERY_AXIS:
-            taps[name] = gather_heads(per_rank, QUERY_AXIS[name])
-        elif name in KV_AXIS:
-            taps[name], wrong = gather_kv(per_rank, p, KV_AXIS[name])
-            problems += [f"{name}: {w}" for w in wrong]
-        else:
-            taps[name] = per_rank[0]
-    if problems:
-        raise RanksDisagree(f"{RANK_CHECK}: replicated kv heads differ between ranks (tp {p.tp}, {p.strategy}, each kv head "
-                            f"held by {p.repeats} ranks): " + "; ".join(problems))
+    output = same_on_every_rank([r[0] for r in results], p)
+    names = results[0][1]
+    kv = gather_replicas([r[1] for r in results], p, {n: KV_AXIS[n] for n in names if n in KV_AXIS})
+    taps = {name: kv[name] if name in kv else
+            gather_heads([r[1][name] for r in results], QUERY_AXIS[name]) if name in QUERY_AXIS else
+            results[0][1][name] for name in names}
     info = dict(results[0][2])
     info.update(tp_degree=p.tp, gqa=p.strategy)
-    return outputs[0], taps, info
+    return output, taps, info
