@@ -453,10 +453,9 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 
 def _neuron_option(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--neuron-config", metavar="JSON_OR_FILE",
-                   help="the deployment Neuron candidates are checked as: NeuronConfig fields as a JSON object, e.g. "
-                        "'{\"tp_degree\": 8}', a JSON list of objects (each its own candidate variant, NAME@tpN), or a "
-                        "file holding either (default $PARITY_NEURON_CONFIG, else tp_degree 1)")
+    from harness.neuron.config import HELP
+
+    p.add_argument("--neuron-config", metavar="JSON_OR_FILE", help=HELP)
 
 
 def _bound_options(p: argparse.ArgumentParser) -> None:

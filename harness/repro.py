@@ -60,9 +60,11 @@ def load_failure(path: str | Path) -> tuple[Case, str]:
 def shipped(candidate: str) -> bool:
     """Whether `candidate` names code of the harness itself (a built-in, a self-test variant, or the
     Neuron SDK's modules), which loading it cannot turn into anything else."""
-    from harness.neuron.config import split
+    from harness.neuron.config import IMPORT_PATHS, split
 
-    candidate = split(candidate)[0]  # a deployment variant (`nxdi-emulation@tp8`) is its candidate's code
+    candidate, config = split(candidate)  # a deployment variant (`nxdi-emulation@tp8`) is its candidate's code,
+    if any(config.get(name) for name in IMPORT_PATHS):  # unless it names code of its own (a cache manager)
+        return False
     return candidate in BUILTIN or candidate in NEURON or candidate.partition(":")[0] in ("mutant", "benign")
 
 

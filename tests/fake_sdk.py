@@ -1,6 +1,7 @@
 """NxDI's build_module faked (no Neuron device or SDK here), for the tests of the device path: it builds
 the module it is given, loads the checkpoint it is given, and runs eagerly; the attention inside is
-the harness's NxDI-convention emulation unless a test supplies another.
+the harness's NxDI-convention emulation unless a test supplies another. The caller's side of the SDK
+(its KV-cache manager and mask builders) is faked in tests/fake_serving.py.
 
 At tp_degree N it stands in for one SPMD graph on N NeuronCores: N modules built with the keywords
 given (each the emulation with one rank's share of the heads), each loading its shard of the FULL
@@ -21,7 +22,7 @@ from harness.neuron.emulation import NxdiConventionAttention
 from harness.neuron.sharding import plan, shard_state_dict
 
 
-def emulated_attention(kind, path, spec, batch, on_cpu, tp_degree=1):
+def emulated_attention(kind, path, spec, batch, on_cpu, tp_degree=1, flags=None):
     c = spec.config
     if tp_degree > 1:  # built inside the model-parallel state: this rank's share of the heads
         p = plan(c.num_attention_heads, c.num_key_value_heads, tp_degree)

@@ -280,7 +280,7 @@ def test_neuron_module_builds_log_to_stderr(monkeypatch, tmp_path, capsys):
             made.append(logger)
         logger.info(f"NOISE {what}")
 
-    def build_attention(kind, path, spec, batch, on_cpu, tp_degree=1):
+    def build_attention(kind, path, spec, batch, on_cpu, tp_degree=1, flags=None):
         imported_and_logs("building the attention")
         return NxdiConventionAttention(spec.config, spec.layer_idx, spec.dtype)
 

@@ -199,6 +199,7 @@ def test_the_emulation_passes_through_the_driver(case, ring_expected):
 KILLERS = {  # each driver mutant, and a case of RING_CASES that shows it
     "ring_written_at_pos_mod_w": 0, "generation_mask_exposes_unwritten_slot": 0, "ring_seeded_in_position_order": 2,
     "bucket_padding_visible": 3, "padding_positions_counted": 1, "generation_sinks_not_loaded": 2,
+    "handover_one_key_short": 2, "handover_one_key_long": 2,
 }
 
 
@@ -208,6 +209,7 @@ NAMED_AT = {
     "ring_written_at_pos_mod_w": "k_rope", "generation_mask_exposes_unwritten_slot": "scores",
     "ring_seeded_in_position_order": "k_rope", "bucket_padding_visible": "scores",
     "padding_positions_counted": "k_rope", "generation_sinks_not_loaded": "probs",
+    "handover_one_key_short": "k_rope", "handover_one_key_long": "k_rope",  # the hand-over check, by position
 }
 
 

@@ -55,18 +55,18 @@ def _neuron_variant(spec: str, base: str, config: dict) -> Candidate:
     if not is_neuron(base):
         raise ValueError(f"candidate {spec!r}: a deployment (@tp...) applies to Neuron candidates only (nxdi-emulation, "
                          f"neuron, neuron-block, neuron:MODULE:CLASS); {base!r} is not one")
-    if config["tp_degree"] == 1:
-        return _load(base)
-    from harness.neuron.candidate import ShardedCandidate
+    from harness.neuron.candidate import NeuronCandidate, ShardedCandidate
+    from harness.neuron.config import DEFAULT
 
-    if base == "nxdi-emulation":
-        return ShardedCandidate(config["tp_degree"], name=spec)
-    if base in NEURON:
-        return ShardedCandidate(config["tp_degree"], base, name=spec)
-    class_path = base.partition(":")[2]
-    if class_path.count(":") != 1:
+    if config == DEFAULT:
+        return _load(base)
+    kind, class_path = ("emulation", None) if base == "nxdi-emulation" else (base, None) if base in NEURON else \
+        ("class", base.partition(":")[2])
+    if kind == "class" and class_path.count(":") != 1:
         raise ValueError(f"candidate {spec!r}: expected neuron:package.module:Class@tpN")
-    return ShardedCandidate(config["tp_degree"], "class", class_path=class_path, name=spec)
+    if config["tp_degree"] == 1:
+        return NeuronCandidate(kind, class_path=class_path, name=spec, config=config)
+    return ShardedCandidate(config["tp_degree"], kind, class_path=class_path, name=spec, config=config)
 
 
 def _load(spec: str) -> Candidate:

@@ -14,6 +14,8 @@ class Bugs:
     padding_visible: bool = False  # padding slots of the context bucket left visible to generated tokens
     count_padding_positions: bool = False  # a bucket's padding given positions n, n+1, ... (NxDI gives it 1)
     generation_sinks_missing: bool = False  # sinks loaded into learned_sinks but not the token-generation copy
+    handover_one_short: bool = False  # context encoding hands over the last W-2 keys (ring order mod W-2)
+    handover_one_long: bool = False  # context encoding hands over the last W keys (ring order mod W)
     # tensor parallelism (nxdi-emulation@tpN, harness/neuron/sharding.py and tp.py)
     same_kv_shard: bool = False  # every rank loads rank 0's k/v projection shard
     sink_shards_reversed: bool = False  # rank r gets the sinks of rank tp-1-r
@@ -33,6 +35,8 @@ DRIVER_MUTANTS = {
     "bucket_padding_visible": Bugs(padding_visible=True),
     "padding_positions_counted": Bugs(count_padding_positions=True),
     "generation_sinks_not_loaded": Bugs(generation_sinks_missing=True),
+    "handover_one_key_short": Bugs(handover_one_short=True),
+    "handover_one_key_long": Bugs(handover_one_long=True),
 }
 
 # self-test name -> (tp_degree, the bug): sharding mistakes, run as nxdi-emulation@tpN at small dims

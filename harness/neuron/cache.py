@@ -25,6 +25,7 @@ def last_window(k: torch.Tensor, v: torch.Tensor, position_ids: torch.Tensor, ri
     """The last `ring` keys and values of a context [B, kv, S, d] before the newest position (the
     largest position id of each row), in ring order: position p lands in slot p % ring. A context
     shorter than the ring is an error, as in NxDI (its buckets on sliding layers start at 128)."""
+    ring += int(bugs.handover_one_long) - int(bugs.handover_one_short)
     b, heads, s, d = k.shape
     if s < ring:
         raise ValueError(f"a sliding layer's context of {s} tokens is shorter than its cache ring of {ring} "

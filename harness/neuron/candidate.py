@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Callable
 
 
 from harness.batch import Batch, BlockSpec
 from harness.candidates.protocol import CandidateResult, CandidateUnsupported
 from harness.neuron.bugs import Bugs
+from harness.neuron.config import DEFAULT, refused_in_cpu_mode
 from harness.neuron.driver import Buckets, Driver, PlanUnsupported
 from harness.neuron.emulation import NxdiConventionAttention
 from harness.neuron.environment import require
@@ -39,17 +41,30 @@ class NeuronCandidate:
     accepts_cache = True
 
     def __init__(self, kind: str = "neuron", class_path: str | None = None, name: str | None = None,
-                 buckets: Buckets | None = None, bugs: Bugs = Bugs()):
+                 buckets: Buckets | None = None, bugs: Bugs = Bugs(), config: dict | None = None,
+                 serving: Callable[[BlockSpec], object] | None = None):
         if kind not in KINDS:
             raise ValueError(f"kind={kind!r} must be one of {KINDS}")
         self.kind, self.class_path, self.bugs = kind, class_path, bugs
+        self.config = dict(config or DEFAULT)  # the deployment (harness/neuron/config.py)
         self.bucket_config = buckets or configured_buckets()
         self.name = name or {"emulation": "nxdi-emulation", "class": f"neuron:{class_path}"}.get(kind, kind)
+        # the caller's side: by default the SDK's code for SDK candidates, the harness's models for the
+        # emulation (a test may give the emulation a cache manager of its own)
+        self.serving = serving
         if kind == "emulation":
             self.mode = "emulation"
+            extra = sorted(set(self.config) - {"tp_degree"})
+            if extra:
+                raise ValueError(f"candidate {self.name}: {', '.join(extra)} configure the SDK's modules and caller "
+                                 "(neuron, neuron-block, neuron:MODULE:CLASS); nxdi-emulation models NxDI's native path "
+                                 "with the harness's own cache and masks")
         else:
             self.environment = require()  # NeuronUnavailable, with the install line, when the SDK is missing
             self.mode = self.environment.mode
+            refused = refused_in_cpu_mode(self.config) if self.mode == "cpu" else None
+            if refused:
+                raise ValueError(f"candidate {self.name}: {refused}")
         self._built: tuple | None = None
         self.builds, self.build_seconds = 0, 0.0
 
@@ -77,16 +92,49 @@ class NeuronCandidate:
     def run(self, spec: BlockSpec, batch: Batch, *, taps: bool = False) -> CandidateResult:
         return self._drive(spec, batch, taps)
 
+    def _serving(self, spec: BlockSpec, tp_degree: int = 1):
+        """The caller's side for this run: the SDK's cache manager and mask builders (or the user's,
+        from the deployment's config) for SDK candidates; None (the harness's models) for the emulation."""
+        if self.serving is not None:
+            return self.serving(spec)
+        if self.kind == "emulation":
+            return None
+        from harness.neuron.upstream import UpstreamServing
+
+        return UpstreamServing(spec, tp_degree, self.config.get("cache_manager"), self.config.get("mask_builder"))
+
     def _drive(self, spec: BlockSpec, batch: Batch, taps: bool, feed: dict | None = None) -> CandidateResult:
         layer = self._layer(spec, batch)
+        serving = self._serving(spec)
         try:
-            output, stage_taps, info = Driver(layer, spec, self.bucket_config, self.bugs).run(batch, feed)
+            output, stage_taps, info = Driver(layer, spec, self.bucket_config, self.bugs, serving,
+                                              adopt_ring=adopts_ring(serving, self.kind)).run(batch, feed)
         except PlanUnsupported as exc:
             raise CandidateUnsupported(str(exc)) from exc
+        describe(info, serving, layer, self.config)
         info["mode"] = self.mode
+        if self.mode == "device":  # compiled: no hooks reach inside
+            info["observed"] = "k_rope, v from the cache hand-over (on a device the module's internals are not observed)"
         if self.mode == "device":
             info.update(builds=self.builds, build_seconds=round(self.build_seconds, 1))
         return CandidateResult(output, stage_taps if taps else {}, info)
+
+
+def adopts_ring(serving, kind: str) -> bool:
+    """Whether the driver takes a sliding layer's ring from what the module hands over: an SDK candidate
+    whose SDK has no gpt-oss cache manager (2.26's layout is W keys); never the emulation (NxDI 2.27+)."""
+    return kind != "emulation" and (serving is None or serving.manager_cls is None)
+
+
+def describe(info: dict, serving, layer, config: dict) -> None:
+    """What ran on the caller's side, which stages the module showed, and the deployment, in `info`."""
+    if serving is not None:
+        info["caller"] = serving.names
+    stages = getattr(layer, "keep_internals", None)
+    if stages is not None and not getattr(layer, "own_internals", True):
+        info["observed"] = "q, k (before RoPE), attn (o_proj's input) by forward hooks; k_rope, v from the cache hand-over"
+    if config != DEFAULT:
+        info["neuron_config"] = dict(config)
 
 
 class NxdiEmulation(NeuronCandidate):
@@ -116,12 +164,14 @@ class ShardedCandidate(NeuronCandidate):
     from its taps."""
 
     def __init__(self, tp_degree: int, kind: str = "emulation", class_path: str | None = None,
-                 name: str | None = None, bugs: Bugs = Bugs(), buckets: Buckets | None = None):
+                 name: str | None = None, bugs: Bugs = Bugs(), buckets: Buckets | None = None,
+                 config: dict | None = None):
         from harness.neuron.config import variant
 
+        config = {**(config or {}), "tp_degree": tp_degree}
         base = {"emulation": "nxdi-emulation", "class": f"neuron:{class_path}"}.get(kind, kind)
-        super().__init__(kind, class_path=class_path, name=name or variant(base, {"tp_degree": tp_degree}),
-                         bugs=bugs, buckets=buckets)
+        super().__init__(kind, class_path=class_path, name=name or variant(base, config),
+                         bugs=bugs, buckets=buckets, config=config)
         self.tp_degree = tp_degree
         self._group = None
 
@@ -164,6 +214,7 @@ class ShardedCandidate(NeuronCandidate):
             raise CandidateUnsupported(unsupported[0])
         output, stage_taps, info = gather(results, p)
         info["mode"] = self.mode
+        info["neuron_config"] = dict(self.config)
         return CandidateResult(output, stage_taps if taps else {}, info)
 
     def rank_call(self) -> tuple:
@@ -171,7 +222,7 @@ class ShardedCandidate(NeuronCandidate):
         (spec, batch, buckets)."""
         if self.kind == "emulation":
             return "harness.neuron.tp:run_rank", self.bugs
-        return "harness.neuron.tp:run_rank_sdk", self.kind, self.class_path
+        return "harness.neuron.tp:run_rank_sdk", self.kind, self.class_path, self.config
 
     def close(self) -> None:
         if self._group is not None:

@@ -30,6 +30,7 @@ import torch
 
 from harness.batch import BlockSpec
 from harness.neuron import nxdi
+from harness.neuron.config import deployment
 from harness.neuron.layer import NeuronLayer, load_layer
 from harness.neuron.sharding import plan
 from harness.quiet import third_party_output_to_stderr
@@ -38,10 +39,11 @@ from harness.quiet import third_party_output_to_stderr
 class LayerModule(NeuronLayer):
     """A NeuronLayer built from keywords alone, as NxDI's build_module constructs what it traces."""
 
-    def __init__(self, kind: str, class_path: str | None, spec_json: str, batch: int, tp_degree: int = 1):
+    def __init__(self, kind: str, class_path: str | None, spec_json: str, batch: int, tp_degree: int = 1,
+                 flags_json: str = "{}"):
         spec = spec_from_json(spec_json)
-        super().__init__(nxdi.build_attention(kind, class_path, spec, batch, on_cpu=False, tp_degree=tp_degree),
-                         spec.config.hidden_size)
+        super().__init__(nxdi.build_attention(kind, class_path, spec, batch, on_cpu=False, tp_degree=tp_degree,
+                                              flags=json.loads(flags_json)), spec.config.hidden_size)
 
 
 class ContextModule(LayerModule):
@@ -90,9 +92,12 @@ class DeviceLayer:
         c = spec.config
         self.plan = plan(c.num_attention_heads, c.num_key_value_heads, self.tp) if self.tp > 1 else None
         self.models: dict[tuple, object] = {}
+        self.flags = deployment(getattr(candidate, "config", {}))  # passed through to NeuronConfig
         with third_party_output_to_stderr():  # the SDK's loggers print on stdout
-            eager = NeuronLayer(nxdi.build_attention(candidate.kind, candidate.class_path, spec, 1, on_cpu=True),
-                                c.hidden_size)
+            # the checkpoint's module: the same weights' names (fused_qkv changes them), no kernels (CPU)
+            names = {k: v for k, v in self.flags.items() if k == "fused_qkv"}
+            eager = NeuronLayer(nxdi.build_attention(candidate.kind, candidate.class_path, spec, 1, on_cpu=True,
+                                                     flags=names), c.hidden_size)
         state = load_layer(eager, spec, candidate.bugs).state_dict()
         if self.tp > 1:
             # every rank's SPMDRank reads its rank from this buffer (upstream's tp64 tests give it so); a
@@ -111,15 +116,16 @@ class DeviceLayer:
         if key not in self.models:
             module_cls = ContextModule if phase == "context" else GenerationModule
             spec_json = spec_to_json(self.spec)
+            flags_json = json.dumps(self.flags, sort_keys=True)
             tag = hashlib.sha256(json.dumps([self.candidate.kind, self.candidate.class_path, spec_json, key,
-                                             self.tp]).encode()).hexdigest()[:16]
+                                             self.tp, flags_json]).encode()).hexdigest()[:16]
             started = time.monotonic()
             with third_party_output_to_stderr():  # NxD logs about 15 INFO lines per build on stdout
                 self.models[key] = build_module(
                     module_cls, [inputs], module_init_kwargs=dict(kind=self.candidate.kind,
                                                                   class_path=self.candidate.class_path,
                                                                   spec_json=spec_json, batch=inputs[0].shape[0],
-                                                                  tp_degree=self.tp),
+                                                                  tp_degree=self.tp, flags_json=flags_json),
                     tp_degree=self.tp, compiler_args="--auto-cast=none" if self.spec.dtype == torch.float32 else None,
                     compiler_workdir=str(compile_cache_dir() / "work" / tag), checkpoint_path=str(self.checkpoint),
                     logical_nc_config=int(os.environ.get("NEURON_LOGICAL_NC_CONFIG", "1")),

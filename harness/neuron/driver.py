@@ -15,9 +15,13 @@ candidate and the emulation alike (pure torch; the layer it calls may run eagerl
 - taps, without changing the module: normed and the residual output from the layer, out_proj from
   the attention's output, k_rope and v from its present_key_value (a stage is tapped only where every
   judged position was seen, since a sliding layer's context hands over only its last window). A layer
-  that can show its internals (the emulation) gives q, k, q_rope, attn, and the scores and
+  that can show its internals gives them: the emulation q, k, q_rope, attn, and the scores and
   probabilities over the keys it read, each key placed at the position the driver believes its cache
-  slot holds: a key from the wrong slot then shows at the scores, where it is plain to see.
+  slot holds (a key from the wrong slot then shows at the scores, where it is plain to see); a real
+  module what forward hooks see (harness/neuron/hooks.py): q and k before RoPE, and attn.
+- checks without tolerance (harness/neuron/crosscheck.py): the context encoding's hand-over holds the
+  right positions in the right slots; with the SDK's cache manager and masks driving (`serving`), its
+  caches equal the harness's model of them after every step, and its masks the harness's.
 - memory the module must never read is poisoned: a bucket's padding tokens and the cache's
   never-written slots hold large finite values (NxDI has zeros there). A correct module gives them
   probability exactly 0 and is bit-for-bit unaffected; one that reads them is loudly wrong.
@@ -33,6 +37,7 @@ import torch
 from harness.batch import Batch, BlockSpec
 from harness.neuron.bugs import Bugs
 from harness.neuron.cache import KVCache, round_up
+from harness.neuron.crosscheck import check_cache, check_handover, check_mask
 from harness.neuron.masks import active_mask, context_mask, generation_mask, ring_positions
 from harness.seeds import generator, normal
 from harness.stages import score_taps_fit
@@ -110,10 +115,21 @@ def at_least(sizes: tuple[int, ...], n: int, what: str) -> int:
 class Driver:
     """Runs one batch through `layer`, an object with
         context(x, mask, position_ids) and generation(x, mask, position_ids, k_cache, v_cache, active_mask),
-    each returning (output, normed, out_proj, k, v) (harness/neuron/layer.py)."""
+    each returning (output, normed, out_proj, k, v) (harness/neuron/layer.py), and optionally
+    projected_values() (the last call's v projection, harness/neuron/hooks.py).
 
-    def __init__(self, layer, spec: BlockSpec, buckets: Buckets = Buckets(), bugs: Bugs = Bugs()):
+    `serving`: the SDK's cache manager and mask builders (harness/neuron/upstream.py). With one, they
+    make the masks and hold the caches the module reads, and the harness's own models of them are the
+    expectation, checked after every step (harness/neuron/crosscheck.py); without (the emulation), the
+    harness's models feed the module. `adopt_ring`: a sliding layer's ring is as long as what the
+    module's context encoding hands over (the SDK 2.26 layout, W keys, where no manager says otherwise);
+    else W-1 (2.27+) or the manager's."""
+
+    def __init__(self, layer, spec: BlockSpec, buckets: Buckets = Buckets(), bugs: Bugs = Bugs(), serving=None,
+                 adopt_ring: bool = False):
         self.layer, self.spec, self.buckets, self.bugs = layer, spec, buckets, bugs
+        self.serving, self.adopt_ring = serving, adopt_ring
+        self.managed = False  # the serving's manager holds this batch's caches
         c = spec.config
         self.window = spec.window
         self.heads, self.kv_heads, self.head_dim, self.hidden = c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.hidden_size
@@ -142,11 +158,12 @@ class Driver:
         slots = [batch.slots(r) for r in range(b)]  # slot of each position, per row
         keep = getattr(self.layer, "keep_internals", None)
         keys = batch.cached + s
-        self.internal = bool(keep) and keep(score_taps_fit(b, self.heads, s, keys))
-        if self.internal:
-            for name, heads in (("q", self.heads), ("k", self.kv_heads), ("q_rope", self.heads), ("attn", self.heads)):
+        self.internal = tuple(keep(score_taps_fit(b, self.heads, s, keys))) if keep else ()
+        for name, heads in (("q", self.heads), ("k", self.kv_heads), ("q_rope", self.heads), ("attn", self.heads)):
+            if name in self.internal:
                 out[name] = torch.full((b, s, heads, self.head_dim), float("nan"), dtype=dt)
                 seen[name] = torch.zeros(b, s, dtype=torch.bool)
+        if "scores" in self.internal:
             out["scores"] = torch.full((b, self.heads, s, keys), -float("inf"), dtype=dt)
             out["probs"] = torch.zeros((b, self.heads, s, keys + 1), dtype=dt)
             seen["scores"] = seen["probs"] = torch.zeros(b, s, dtype=torch.bool)
@@ -178,14 +195,30 @@ class Driver:
             if not self.bugs.count_padding_positions:
                 pos[r, n:] = 1  # NxDI pads position ids with 1 (model_wrapper.py)
         info = {"buckets": {"batch": rows, "context": length}, "steps": ["context"]}
+        later = batch.steps[1:]
+        if later and not self.window:
+            total = max(stop for step in batch.steps for (_, stop) in step)
+            info["buckets"]["generation"] = pick(self.buckets.generation, total, "a sequence (the cache) of tokens")
+        mask = context_mask(rows, length, self.window)
+        if self.serving is not None:
+            self.managed = self.serving.start(rows, info["buckets"].get("generation", length))
+            real = (torch.arange(length)[None, :] < torch.tensor(n0 + [1] * (rows - b))[:, None]).long()
+            theirs = self.serving.context_mask(real)
+            if theirs is not None:
+                check_mask("context encoding's mask", theirs, mask, b, pos)
+                mask = theirs
         if self.feed:
             tokens = torch.full((rows, length), -1)
             for r in range(b):
                 tokens[r, : n0[r]] = torch.arange(n0[r])
             self._set_feed(tokens, [torch.where(torch.arange(length) < (n0[r] if r < b else 0), torch.arange(length), -1)
                                     for r in range(rows)])
-        output, normed, out_proj, k, v = self.layer.context(x, context_mask(rows, length, self.window), pos)
-        ring = k.shape[2] if self.window else None
+        output, normed, out_proj, k, v = self.layer.context(x, mask, pos)
+        ring = self._ring(k.shape[2])
+        projected = getattr(self.layer, "projected_values", lambda: None)()
+        # fed stages replace the module's own values: the hand-over then holds the oracle's, not its projection's
+        check_handover(v, None if self.feed else projected, n0, ring)
+        info["handover"] = "checked by position" if projected is not None and not self.feed else "count checked"
         held = ring_positions(torch.tensor(n0 + [1] * (rows - b)), ring, ring) if ring else None
         for r in range(b):
             p = torch.arange(n0[r])
@@ -198,21 +231,41 @@ class Driver:
             if self.internal:
                 self._record_internals(r, p, torch.arange(n0[r]), torch.arange(n0[r]))
 
-        later = batch.steps[1:]
         if later:
-            total = max(stop for step in batch.steps for (_, stop) in step)
             if ring:
                 cache = KVCache(rows, self.kv_heads, self.head_dim, round_up(ring), dt, ring, self.window, self.bugs)
             else:
-                size = pick(self.buckets.generation, total, "a sequence (the cache) of tokens")
-                info["buckets"]["generation"] = size
-                cache = KVCache(rows, self.kv_heads, self.head_dim, size, dt)
+                cache = KVCache(rows, self.kv_heads, self.head_dim, info["buckets"]["generation"], dt)
             cache.k.copy_(poison(*cache.k.shape, dtype=dt))  # slots never written must never be read
             cache.v.copy_(poison(*cache.v.shape, dtype=dt) * 0.5)
+            if self.managed:
+                self.serving.hold(cache.k, cache.v)
+                self.serving.after_context(k, v, pos)
             cache.fill_prefix(k, v)
+            self._cross_check(cache, "after context encoding", torch.tensor(n0 + [1] * (rows - b)), b)
             for step in later:
                 self._generate(batch, step, rows, length, cache, info, record)
         return self._finish(batch, out, seen, info)
+
+    def _ring(self, handed_over: int) -> int | None:
+        """The sliding ring the caller keeps (None on a full layer): the manager's, else W-1 (NxDI 2.27+),
+        or what the module hands over where the driver adopts it (SDK 2.26, no manager)."""
+        if not self.window:
+            return None
+        if self.managed and self.serving.ring is not None:
+            return self.serving.ring
+        return handed_over if self.adopt_ring else self.window - 1
+
+    def _cross_check(self, cache: KVCache, when: str, next_start: torch.Tensor, rows: int) -> None:
+        """The manager's cache against the harness's model of it, bit for bit (real rows only)."""
+        if not self.managed:
+            return
+        if cache.ring is None:
+            slots = torch.arange(cache.slots)[None, :]
+            held = torch.where(slots < next_start[:, None], slots, -1)
+        else:
+            held = ring_positions(next_start, cache.ring, cache.slots)
+        check_cache(f"{self.serving.names['cache_manager']}, {when}", *self.serving.held(), cache.k, cache.v, held, rows)
 
     @staticmethod
     def _finish(batch, out, seen, info):
@@ -221,7 +274,16 @@ class Driver:
         return output, taps, info
 
     def _cache_from(self, batch: Batch, rows: int, info: dict) -> KVCache:
-        """The caller's KV cache after serving each row's cached prefix (plan from_cache)."""
+        """The caller's KV cache after serving each row's cached prefix (plan from_cache); a manager is
+        given the same (what it would hold after serving the prefix)."""
+        cache = self._prefix_cache(batch, rows, info)
+        if self.serving is not None:
+            self.managed = self.serving.start(rows, cache.slots)
+            if self.managed:
+                self.serving.hold(cache.k, cache.v)
+        return cache
+
+    def _prefix_cache(self, batch: Batch, rows: int, info: dict) -> KVCache:
         given, dt = batch.cache, self.spec.dtype
         total = max(stop for step in batch.steps for (_, stop) in step)
         if self.window:
@@ -253,8 +315,11 @@ class Driver:
         dt, out, seen, slots = self.spec.dtype, self.out, self.seen, self.slots[row]
         q_slots = slots[positions - self.batch.first_position(row)]
         for name in ("q", "k", "q_rope", "attn"):
-            out[name][row, q_slots] = got[name][row][:, queries].transpose(0, 1).to(dt)
-            seen[name][row, q_slots] = True
+            if name in self.internal and name in got:
+                out[name][row, q_slots] = got[name][row][:, queries].transpose(0, 1).to(dt)
+                seen[name][row, q_slots] = True
+        if "scores" not in self.internal or "scores" not in got:
+            return
         real = (keys >= 0).nonzero().squeeze(1)
         k_slots = self.batch.key_index(row, keys[real])
         scores = got["scores"][row][:, queries]  # [H, q, keys]
@@ -332,6 +397,16 @@ class Driver:
         if self.bugs.padding_visible and cache.ring is None:
             mask = mask | (torch.arange(cache.slots) < context_length)[None, None, None, :]
         info["steps"].append(f"generation x{q}")
+        if self.managed and q > 1:
+            # NxDI serves several tokens per step only through speculation, whose caches and masks differ:
+            # the harness's models run such a step, and the manager is not driven after it
+            self.managed = False
+            info["cache_manager_stopped"] = f"a step of {q} tokens ran on the harness's cache and mask model"
+        if self.managed:
+            theirs = self.serving.generation_mask((torch.arange(cache.slots)[None, :] < start[:, None]).long(), pos)
+            if theirs is not None:
+                check_mask(f"token generation's mask at position(s) {start[:b].tolist()}", theirs, mask, b, pos)
+                mask = theirs
         if self.feed:
             keys = []
             for r in range(rows):
@@ -339,8 +414,9 @@ class Driver:
                 keys.append(torch.cat((held, torch.where(valid[r], pos[r], -1))))
                 self._feed_cache(cache, r, held)
             self._set_feed(torch.where(valid, pos, -1), keys)
+        k_cache, v_cache = self.serving.cache() if self.managed else (cache.k, cache.v)
         try:
-            output, normed, out_proj, k, v = self.layer.generation(x, mask, pos, cache.k, cache.v,
+            output, normed, out_proj, k, v = self.layer.generation(x, mask, pos, k_cache, v_cache,
                                                                    active_mask(pos, valid, self.window))
         except Exception as exc:
             if q > 1:
@@ -359,6 +435,10 @@ class Driver:
                 keys = torch.cat((_held(cache, st), torch.where(valid[r], pos[r], -1)))
                 self._record_internals(r, p, torch.arange(n), keys)
         cache.write(k, v, pos, valid)
+        if self.managed:
+            self.serving.after_generation(k, v, pos)
+            stops = torch.tensor([stop for (_, stop) in step] + [0] * (rows - b))
+            self._cross_check(cache, f"after the token-generation step at position(s) {start[:b].tolist()}", stops, b)
 
 
 def _held(cache: KVCache, start: int) -> torch.Tensor:

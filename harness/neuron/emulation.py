@@ -66,6 +66,8 @@ class NxdiConventionAttention(torch.nn.Module):
     """forward(hidden_states, attention_mask, position_ids, past_key_value=None, active_mask=None)
     -> (hidden_states, (k, v)), as NeuronAttentionBase's native path."""
 
+    records_internals = True  # it keeps its own (see keep_internals); a real module is seen through hooks
+
     def __init__(self, config: ModelConfig, layer_idx: int, dtype: torch.dtype, bugs: Bugs = Bugs()):
         super().__init__()
         self.config, self.dtype, self.bugs = config, dtype, bugs

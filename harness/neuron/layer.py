@@ -53,20 +53,37 @@ class NeuronLayer(torch.nn.Module):
 
 
 class EagerLayer:
-    """A NeuronLayer run in this process (CPU mode and the emulation)."""
+    """A NeuronLayer run in this process (CPU mode and the emulation). Forward hooks on the attention
+    module's submodules (harness/neuron/hooks.py) show what a real module computes without editing it:
+    its q, k, v projections and o_proj's input; the emulation records its internals itself."""
 
     def __init__(self, module: NeuronLayer):
-        self.module = module
+        from harness.neuron.hooks import Observed
 
-    def keep_internals(self, keep: bool) -> bool:
-        """Ask the attention module to keep its internals (only the emulation can); whether it will."""
-        if not hasattr(self.module.attn, "keep_internals"):
-            return False
-        self.module.attn.keep_internals = keep
-        return keep
+        self.module = module
+        self.observed = Observed(module.attn, _head_dim(module.attn))
+        self.own_internals = getattr(module.attn, "records_internals", False)  # the emulation
+
+    def keep_internals(self, keep: bool) -> tuple[str, ...]:
+        """Ask for the attention module's internals, kept only where `keep` (they are large: the
+        emulation's include scores); the stages that will come."""
+        if self.own_internals:
+            self.module.attn.keep_internals = keep
+            return ("q", "k", "q_rope", "attn", "scores", "probs") if keep else ()
+        shown = tuple(name for name in ("q", "k", "attn") if name in self.observed.names) if keep else ()
+        self.observed.want = {"v", *shown}
+        return shown
 
     def internals(self) -> dict:
-        return getattr(self.module.attn, "recorded", {})
+        """The last call's internals: the emulation's own record, or what the hooks saw (q, k, attn; v is
+        tapped from the cache hand-over)."""
+        if self.own_internals:
+            return getattr(self.module.attn, "recorded", {})
+        return {k: v for k, v in self.observed.values.items() if k in ("q", "k", "attn")}
+
+    def projected_values(self) -> torch.Tensor | None:
+        """The last call's v projection [B, kv, S, d] (the hand-over check identifies keys by it)."""
+        return self.observed.values.get("v")
 
     def set_feed(self, fed: dict) -> None:
         """Stage isolation: the next calls use these values (the emulation's module only)."""
@@ -74,12 +91,20 @@ class EagerLayer:
         self.module.attn.fed = {k: v for k, v in fed.items() if k != "normed"}
 
     def context(self, x, mask, position_ids):
+        self.observed.start_call()
         with torch.no_grad():
             return self.module(x, mask, position_ids)
 
     def generation(self, x, mask, position_ids, k_cache, v_cache, active):
+        self.observed.start_call()
         with torch.no_grad():
             return self.module(x, mask, position_ids, k_cache, v_cache, active)
+
+
+def _head_dim(attention: torch.nn.Module) -> int:
+    """NeuronAttentionBase keeps head_dim; the emulation its config's."""
+    head_dim = getattr(attention, "head_dim", None)
+    return int(head_dim) if head_dim else attention.config.head_dim
 
 
 def load_layer(module: NeuronLayer, spec: BlockSpec, bugs: Bugs = Bugs()) -> NeuronLayer:

@@ -19,6 +19,7 @@ import os
 import torch
 
 from harness.batch import BlockSpec
+from harness.neuron.config import deployment
 from harness.neuron.layer import EagerLayer, NeuronLayer, load_layer
 from harness.quiet import third_party_output_to_stderr
 
@@ -35,14 +36,18 @@ def teardown_parallel_state() -> None:
         torch.distributed.destroy_process_group()
 
 
-def inference_config(spec: BlockSpec, batch: int, on_cpu: bool, max_length: int = MAX_LENGTH, tp_degree: int = 1):
-    """GptOssInferenceConfig (SDK 2.27+), or a plain InferenceConfig with the same fields (2.26)."""
+def inference_config(spec: BlockSpec, batch: int, on_cpu: bool, max_length: int = MAX_LENGTH, tp_degree: int = 1,
+                     layers: int | None = None, flags: dict | None = None):
+    """GptOssInferenceConfig (SDK 2.27+), or a plain InferenceConfig with the same fields (2.26).
+    `layers`: num_hidden_layers (default: enough for the case's layer); `flags`: the deployment's
+    NeuronConfig flags (harness/neuron/config.py; kernels stay off unless they say otherwise)."""
     c = spec.config
     neuron_args = dict(tp_degree=tp_degree, batch_size=batch, max_batch_size=batch, seq_len=max_length, max_length=max_length,
                        max_context_length=max_length, on_cpu=on_cpu, torch_dtype=spec.dtype, attn_kernel_enabled=False,
                        logical_nc_config=int(os.environ.get("NEURON_LOGICAL_NC_CONFIG", "1")))
+    neuron_args.update(flags or {})
     fields = dict(hidden_size=c.hidden_size, head_dim=c.head_dim, num_attention_heads=c.num_attention_heads,
-                  num_key_value_heads=c.num_key_value_heads, num_hidden_layers=max(spec.layer_idx + 1, 2),
+                  num_key_value_heads=c.num_key_value_heads, num_hidden_layers=layers or max(spec.layer_idx + 1, 2),
                   sliding_window=c.sliding_window, initial_context_length=c.initial_context_length,
                   rope_theta=c.rope_theta, rope_scaling_factor=c.rope_scaling_factor, rope_ntk_alpha=c.rope_ntk_alpha,
                   rope_ntk_beta=c.rope_ntk_beta, attention_bias=True,
@@ -99,14 +104,15 @@ def own_rendezvous_port() -> None:
 
 
 def build_attention(kind: str, class_path: str | None, spec: BlockSpec, batch: int, on_cpu: bool,
-                    tp_degree: int = 1):
+                    tp_degree: int = 1, flags: dict | None = None):
     """The attention module for one layer, cast to the case's dtype. At tp_degree 1 the parallel state
     is torn down before and after; above it, the rank's process holds the model-parallel state its
-    launcher initialised (harness/neuron/tp.py), and the module is built sharded in it."""
+    launcher initialised (harness/neuron/tp.py), and the module is built sharded in it. `flags`: the
+    deployment's NeuronConfig flags."""
     if tp_degree == 1:
         own_rendezvous_port()
         teardown_parallel_state()
-    config = layer_config(inference_config(spec, batch, on_cpu, tp_degree=tp_degree), spec.layer_idx)
+    config = layer_config(inference_config(spec, batch, on_cpu, tp_degree=tp_degree, flags=flags), spec.layer_idx)
     if kind == "neuron":
         try:
             from neuronx_distributed_inference.models.gpt_oss.modeling_gpt_oss import NeuronGptOssAttention
@@ -132,5 +138,6 @@ def make_layer(candidate, spec: BlockSpec):
     harness/neuron/device.py). The SDK's logging goes to stderr (harness/quiet.py): its handlers on
     stdout are made on import, here, and would reach the table."""
     with third_party_output_to_stderr():
-        attention = build_attention(candidate.kind, candidate.class_path, spec, 1, on_cpu=True)
+        attention = build_attention(candidate.kind, candidate.class_path, spec, 1, on_cpu=True,
+                                    flags=deployment(candidate.config))
     return EagerLayer(load_layer(NeuronLayer(attention, spec.config.hidden_size), spec, candidate.bugs))

@@ -87,20 +87,26 @@ def init_model_parallel(rank: int, world: int) -> None:
     parallel_state.initialize_model_parallel(tensor_model_parallel_size=world, skip_collective_init=True)
 
 
-def run_rank_sdk(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, kind: str, class_path: str | None):
+def run_rank_sdk(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, kind: str, class_path: str | None,
+                 config: dict | None = None):
     """In rank `rank`'s process: the SDK's module built sharded (`tp_degree=world`), the whole block's
-    weights sharded by NxD's own `get_sharded_checkpoint`, the batch run through the driver."""
+    weights sharded by NxD's own `get_sharded_checkpoint`, the batch run through the driver with the SDK's
+    cache manager and mask builders (or the deployment's own) holding this rank's caches."""
     from neuronx_distributed.trace.trace import get_sharded_checkpoint
 
     from harness.neuron import nxdi
+    from harness.neuron.config import deployment
     from harness.neuron.convert import nxdi_state_dict
     from harness.neuron.driver import Driver, PlanUnsupported
     from harness.neuron.emulation import NxdiConventionAttention
     from harness.neuron.layer import EagerLayer, NeuronLayer
+    from harness.neuron.upstream import UpstreamServing
 
     c = spec.config
     p = plan(c.num_attention_heads, c.num_key_value_heads, world)
-    layer = NeuronLayer(nxdi.build_attention(kind, class_path, spec, 1, on_cpu=True, tp_degree=world), c.hidden_size)
+    config = config or {}
+    layer = NeuronLayer(nxdi.build_attention(kind, class_path, spec, 1, on_cpu=True, tp_degree=world,
+                                             flags=deployment(config)), c.hidden_size)
     # the unsharded block's state dict in NxDI's names (the emulation has the same names), then what this
     # module holds of it, sharded by the SDK
     whole = NeuronLayer(NxdiConventionAttention(c, spec.layer_idx, spec.dtype), c.hidden_size)
@@ -116,10 +122,16 @@ def run_rank_sdk(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, 
     layer.load_state_dict(given, strict=True)
     layer = layer.eval()
     local = dataclasses.replace(c, num_attention_heads=p.q_per_rank, num_key_value_heads=p.kv_per_rank)
+    rank_spec = dataclasses.replace(spec, config=local)
+    # the manager is built for the whole block's heads: inside the model-parallel state it keeps this rank's share
+    serving = UpstreamServing(spec, world, config.get("cache_manager"), config.get("mask_builder"))
     try:
-        return Driver(EagerLayer(layer), dataclasses.replace(spec, config=local), buckets).run(rank_batch(batch, p, rank))
+        output, taps, info = Driver(EagerLayer(layer), rank_spec, buckets, serving=serving,
+                                    adopt_ring=serving.manager_cls is None).run(rank_batch(batch, p, rank))
     except PlanUnsupported as exc:
         return str(exc)
+    info["caller"] = serving.names
+    return output, taps, info
 
 
 def same_on_every_rank(per_rank: list[torch.Tensor], p: ShardPlan) -> torch.Tensor:

@@ -7,6 +7,8 @@ import os
 import pytest
 from hypothesis import HealthCheck, Phase, settings
 
+from harness.neuron.config import HELP as NEURON_CONFIG_HELP
+
 # dev: quick local runs. ci: derandomised, no example database, no deadline (timings are noisy on
 # 2 cores), and no explain phase: after a failure hypothesis reruns the falsifying example under a
 # line tracer to say which lines only failing examples ran, which took 37 s of a 48 s failure and
@@ -52,10 +54,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "neuron-block, neuron:MODULE:CLASS, or an import path MODULE:ATTR; repeatable. Default: every built-in. "
              "Also adds the parity suite to the run (see --parity-suite).",
     )
-    group.addoption("--neuron-config", metavar="JSON_OR_FILE", default=None,
-                    help="the deployment Neuron candidates are checked as: NeuronConfig fields as a JSON object "
-                         "('{\"tp_degree\": 8}'), a list of objects (each its own candidate variant, NAME@tpN), or a "
-                         "file holding either (default $PARITY_NEURON_CONFIG, else tp_degree 1)")
+    group.addoption("--neuron-config", metavar="JSON_OR_FILE", default=None, help=NEURON_CONFIG_HELP)
     group.addoption("--parity-suite", action="store_true", default=False,
                     help="collect the shipped parity suite even when paths are given on the command line (without "
                          "paths it is collected when -m selects `parity`, --candidate is given, or the ini "
