@@ -69,8 +69,11 @@ def test_a_mask_builder_showing_the_never_written_slot_fails_at_scores(monkeypat
 
 
 @pytest.mark.parametrize("bugs, said", [
-    (Bugs(handover_one_short=True), "handed over 126 keys per row to the sliding-window cache, whose ring holds 127"),
-    (Bugs(handover_one_long=True), "handed over 128 keys per row to the sliding-window cache, whose ring holds 127"),
+    (Bugs(handover_one_short=True), "handed over 126 keys per row to the sliding-window cache, whose ring holds 127 "
+                                    "(the last W-1 positions, position p in slot p % 127): row 0 is missing slot 126 "
+                                    "(position 126)"),
+    (Bugs(handover_one_long=True), "handed over 128 keys per row to the sliding-window cache, whose ring holds 127 "
+                                   "(the last W-1 positions, position p in slot p % 127): slot 127 lies outside the ring"),
     (Bugs(seed_position_order=True), "row 0 slot 0 holds position 21, expected position 127")])
 def test_a_wrong_handover_fails_by_position_at_k_rope(bugs, said):
     """Planted in the emulation: one key too few or too many handed over (both passed before: the driver

@@ -208,3 +208,15 @@ def test_on_a_device_ranks_that_disagree_fail_at_their_stage(monkeypatch, tmp_pa
     (v,) = run_case(Case(layer=0, lengths=(20,), sinks="dominant"), [_on_a_fake_device(4)], probes=False)
     assert (v.verdict, v.first_divergent_stage) == ("fail", stage), v.message
     assert "tolerance-free rank check" in v.message and said in v.message, v.message
+
+
+def test_a_tolerance_free_check_failing_inside_a_rank_is_a_fail_at_its_stage():
+    """The hand-over check runs in every rank's driver; what fails there comes back as a verdict at its
+    stage, naming the rank (it was an `error`: the exception did not survive the trip from the rank)."""
+    candidate = ShardedCandidate(2, bugs=Bugs(handover_one_short=True))
+    try:
+        (v,) = run_case(Case(layer=0, lengths=(150,), plan="decode", decode_steps=1), [candidate], probes=False)
+    finally:
+        candidate.close()
+    assert (v.verdict, v.first_divergent_stage) == ("fail", "k_rope"), v.message
+    assert "rank 0: context encoding handed over 126 keys per row" in v.message, v.message

@@ -19,7 +19,7 @@ from typing import Callable
 
 
 from harness.batch import Batch, BlockSpec
-from harness.candidates.protocol import CandidateResult, CandidateUnsupported
+from harness.candidates.protocol import CandidateInconsistent, CandidateResult, CandidateUnsupported
 from harness.neuron.bugs import Bugs
 from harness.neuron.config import DEFAULT, refused_in_cpu_mode
 from harness.neuron.driver import Buckets, Driver, PlanUnsupported
@@ -178,7 +178,7 @@ class ShardedCandidate(NeuronCandidate):
     def run(self, spec: BlockSpec, batch: Batch, *, taps: bool = False) -> CandidateResult:
         from harness.neuron.launcher import RankGroup, RankTimeout
         from harness.neuron.sharding import ShardingUnsupported, plan
-        from harness.neuron.tp import gather
+        from harness.neuron.tp import RankInconsistent, gather
         from harness.timelimit import CandidateTimeout, limit_for
 
         c = spec.config
@@ -212,6 +212,10 @@ class ShardedCandidate(NeuronCandidate):
         unsupported = [r for r in results if isinstance(r, str)]
         if unsupported:
             raise CandidateUnsupported(unsupported[0])
+        failed = [(rank, r) for rank, r in enumerate(results) if isinstance(r, RankInconsistent)]
+        if failed:
+            rank, first = failed[0]
+            raise CandidateInconsistent(first.stage, f"rank {rank}: {first.message}")
         output, stage_taps, info = gather(results, p)
         info["mode"] = self.mode
         info["neuron_config"] = dict(self.config)

@@ -34,9 +34,19 @@ def check_handover(v: torch.Tensor, projected: torch.Tensor | None, lengths: lis
     v projection's output of the same call (None where unseen, e.g. a compiled module: then only the
     number of keys handed over is checked)."""
     if ring is not None and v.shape[2] != ring:
+        given = v.shape[2]
+        if given < ring:  # the slots never handed over, and the positions they should hold (the first row)
+            n = lengths[0]
+            wanted = {p % ring: p for p in range(max(0, n - ring), n)}
+            said = "; ".join(f"slot {s} (position {wanted[s]})" if s in wanted else f"slot {s}" for s in range(given, ring))
+            detail = f"row 0 is missing {said}"
+        else:
+            extra = list(range(ring, given))
+            detail = f"slot {extra[0]} lies outside the ring" if len(extra) == 1 else \
+                f"slots {', '.join(map(str, extra))} lie outside the ring"
         raise CandidateInconsistent("k_rope", (
-            f"context encoding handed over {v.shape[2]} keys per row to the sliding-window cache, whose ring "
-            f"holds {ring} (the last W-1 positions, position p in slot p % {ring}); tolerance-free"))
+            f"context encoding handed over {given} keys per row to the sliding-window cache, whose ring holds {ring} "
+            f"(the last W-1 positions, position p in slot p % {ring}): {detail}; tolerance-free"))
     if projected is None:
         return
     for row, n in enumerate(lengths):

@@ -38,6 +38,14 @@ class RanksDisagree(CandidateInconsistent):
     `fail` at the stage where they differ (out_proj: o_proj's all-reduce; k_rope / v: a kv shard)."""
 
 
+@dataclasses.dataclass(frozen=True)
+class RankInconsistent:
+    """What a rank returns when one of the driver's tolerance-free checks failed in it (an exception
+    with a stage does not survive the trip back from the rank's process)."""
+    stage: str
+    message: str
+
+
 def rank_batch(batch: Batch, p: ShardPlan, rank: int) -> Batch:
     """The batch as rank `rank` sees it: a from_cache prefix holds only this rank's kv heads."""
     if batch.cache is None:
@@ -76,6 +84,8 @@ def run_rank(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, bugs
         return Driver(EagerLayer(layer), rank_spec, buckets, bugs).run(rank_batch(batch, p, rank))
     except PlanUnsupported as exc:  # said as `unsupported` by the candidate, as at tp 1
         return str(exc)
+    except CandidateInconsistent as exc:  # a tolerance-free check failed in this rank: a verdict, not a crash
+        return RankInconsistent(exc.stage, str(exc))
 
 
 def init_model_parallel(rank: int, world: int) -> None:
@@ -130,6 +140,8 @@ def run_rank_sdk(rank: int, world: int, spec: BlockSpec, batch: Batch, buckets, 
                                     adopt_ring=serving.manager_cls is None).run(rank_batch(batch, p, rank))
     except PlanUnsupported as exc:
         return str(exc)
+    except CandidateInconsistent as exc:
+        return RankInconsistent(exc.stage, str(exc))
     info["caller"] = serving.names
     return output, taps, info
 
