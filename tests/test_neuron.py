@@ -295,6 +295,10 @@ def test_the_device_path_builds_each_phase_and_shape_once(monkeypatch, tmp_path)
     on_device = device.run(spec, batch, taps=True)
     eager = NxdiEmulation().run(spec, batch, taps=True)
     assert torch.equal(on_device.output.nan_to_num(0), eager.output.nan_to_num(0))
+    # what forward hooks saw while the module was traced comes back as the graph's extra outputs
+    for stage in ("q", "k", "attn"):
+        assert torch.equal(on_device.taps[stage].nan_to_num(0), eager.taps[stage].nan_to_num(0)), stage
+    assert on_device.info["handover"] == "checked by position"
     assert [b[0] for b in built] == ["ContextModule", "GenerationModule"]  # three generation steps, one shape
     assert on_device.info["mode"] == "device" and on_device.info["builds"] == 2
     assert len(list((tmp_path / "cache" / "weights").glob("*.safetensors"))) == 1

@@ -113,8 +113,9 @@ class NeuronCandidate:
             raise CandidateUnsupported(str(exc)) from exc
         describe(info, serving, layer, self.config)
         info["mode"] = self.mode
-        if self.mode == "device":  # compiled: no hooks reach inside
-            info["observed"] = "k_rope, v from the cache hand-over (on a device the module's internals are not observed)"
+        if self.mode == "device":
+            info["observed"] = ("q, k (before RoPE), attn (o_proj's input) returned by the compiled graph (forward hooks "
+                                "at trace time); k_rope, v from the cache hand-over")
         if self.mode == "device":
             info.update(builds=self.builds, build_seconds=round(self.build_seconds, 1))
         return CandidateResult(output, stage_taps if taps else {}, info)
@@ -130,8 +131,7 @@ def describe(info: dict, serving, layer, config: dict) -> None:
     """What ran on the caller's side, which stages the module showed, and the deployment, in `info`."""
     if serving is not None:
         info["caller"] = serving.names
-    stages = getattr(layer, "keep_internals", None)
-    if stages is not None and not getattr(layer, "own_internals", True):
+    if not getattr(layer, "own_internals", True):
         info["observed"] = "q, k (before RoPE), attn (o_proj's input) by forward hooks; k_rope, v from the cache hand-over"
     if config != DEFAULT:
         info["neuron_config"] = dict(config)

@@ -31,29 +31,48 @@ import torch
 from harness.batch import BlockSpec
 from harness.neuron import nxdi
 from harness.neuron.config import deployment
+from harness.neuron.hooks import OBSERVABLE, Observed
 from harness.neuron.layer import NeuronLayer, load_layer
 from harness.neuron.sharding import plan
 from harness.quiet import third_party_output_to_stderr
 
 
 class LayerModule(NeuronLayer):
-    """A NeuronLayer built from keywords alone, as NxDI's build_module constructs what it traces."""
+    """A NeuronLayer built from keywords alone, as NxDI's build_module constructs what it traces. Forward
+    hooks on the attention module's submodules (harness/neuron/hooks.py) run while it is traced, so what
+    they see (q, k, v before RoPE, o_proj's input) becomes extra outputs of the compiled graph, after the
+    layer's five, in `shown` order: the same way NxDI's tensor capture keeps intermediate tensors of a
+    compiled model (forward hooks at trace time, the tensors appended to the outputs)."""
 
     def __init__(self, kind: str, class_path: str | None, spec_json: str, batch: int, tp_degree: int = 1,
                  flags_json: str = "{}"):
         spec = spec_from_json(spec_json)
         super().__init__(nxdi.build_attention(kind, class_path, spec, batch, on_cpu=False, tp_degree=tp_degree,
                                               flags=json.loads(flags_json)), spec.config.hidden_size)
+        self.observed = Observed(self.attn, spec.config.head_dim)
+        self.observed.want = set(OBSERVABLE)
+        self.shown = shown(self.observed)
+
+    def observing(self, outputs: tuple) -> tuple:
+        """The layer's outputs and what the hooks saw (an empty tensor where a hook did not fire, so that
+        the graph's outputs are the same on every call)."""
+        return (*outputs, *(self.observed.values.get(name, torch.zeros(0)) for name in self.shown))
+
+
+def shown(observed: Observed) -> tuple[str, ...]:
+    return tuple(name for name in OBSERVABLE if name in observed.names)
 
 
 class ContextModule(LayerModule):
     def forward(self, x, mask, position_ids):  # noqa: D102 (one traced signature per phase)
-        return super().forward(x, mask, position_ids)
+        self.observed.start_call()
+        return self.observing(super().forward(x, mask, position_ids))
 
 
 class GenerationModule(LayerModule):
     def forward(self, x, mask, position_ids, k_cache, v_cache, active):  # noqa: D102
-        return super().forward(x, mask, position_ids, k_cache, v_cache, active)
+        self.observed.start_call()
+        return self.observing(super().forward(x, mask, position_ids, k_cache, v_cache, active))
 
 
 def spec_to_json(spec: BlockSpec) -> str:
@@ -98,6 +117,8 @@ class DeviceLayer:
             names = {k: v for k, v in self.flags.items() if k == "fused_qkv"}
             eager = NeuronLayer(nxdi.build_attention(candidate.kind, candidate.class_path, spec, 1, on_cpu=True,
                                                      flags=names), c.hidden_size)
+        self.shown = shown(Observed(eager.attn, c.head_dim))  # as the traced module's (same class and build)
+        self.seen: dict[str, torch.Tensor] = {}
         state = load_layer(eager, spec, candidate.bugs).state_dict()
         if self.tp > 1:
             # every rank's SPMDRank reads its rank from this buffer (upstream's tp64 tests give it so); a
@@ -134,19 +155,45 @@ class DeviceLayer:
             self.candidate.build_seconds += time.monotonic() - started
         return self.models[key]
 
+    def keep_internals(self, keep: bool) -> tuple[str, ...]:
+        """The stages the compiled graph returns beside the layer's (all of them, always: a graph's
+        outputs are fixed when it is traced); offered only where `keep`."""
+        return tuple(name for name in self.shown if name != "v") if keep else ()
+
+    def internals(self) -> dict:
+        return {k: v for k, v in self.seen.items() if k != "v"}
+
+    def projected_values(self) -> torch.Tensor | None:
+        """The last call's v projection (the hand-over check identifies keys by it)."""
+        return self.seen.get("v")
+
     def _call(self, phase: str, per_rank: list[tuple]) -> tuple:
-        """(output, normed, out_proj, k, v) of the unsharded layer. `per_rank`: each rank's inputs (one
-        entry at tp 1)."""
+        """(output, normed, out_proj, k, v) of the unsharded layer, and what the hooks saw in `seen`.
+        `per_rank`: each rank's inputs (one entry at tp 1)."""
         model = self._model(phase, per_rank[0])  # one SPMD graph: every rank's inputs have rank 0's shapes
         with torch.no_grad():
             if self.tp == 1:
-                return tuple(model(*per_rank[0]))
-            ranked = model.nxd_model.forward_ranked([list(inputs) for inputs in per_rank])
+                outs = [[t.cpu() for t in model(*per_rank[0])]]
+            else:
+                ranked = model.nxd_model.forward_ranked([list(inputs) for inputs in per_rank])
+                outs = [[t.cpu() for t in rank_outputs] for rank_outputs in ranked]  # [rank][output]
+        extra = [dict(zip(self.shown, o[5:])) for o in outs]
+        extra = [{k: v for k, v in e.items() if v.numel()} for e in extra]  # a hook that did not fire
+        if self.tp == 1:
+            self.seen = extra[0]
+            return tuple(outs[0][:5])
         from harness.neuron.tp import gather_replicas, same_on_every_rank
 
-        outs = [[t.cpu() for t in rank_outputs] for rank_outputs in ranked]  # [rank][output]
         output = same_on_every_rank([o[0] for o in outs], self.plan)
         kv = gather_replicas([{"k_rope": o[3], "v": o[4]} for o in outs], self.plan, {"k_rope": 1, "v": 1})
+        # the hooks' v is the handed-over v's source: both gathered by kv head; q and attn by query head
+        self.seen = {}
+        for name in ("q", "attn"):
+            if all(name in e for e in extra):
+                self.seen[name] = torch.cat([e[name] for e in extra], dim=1)
+        for name in ("k", "v"):
+            if all(name in e for e in extra):
+                self.seen[name] = gather_replicas([{name: e[name]} for e in extra], self.plan, {name: 1})[name]
         return output, outs[0][1], outs[0][2], kv["k_rope"], kv["v"]
 
     def context(self, x, mask, position_ids):
