@@ -299,6 +299,7 @@ def test_the_device_path_builds_each_phase_and_shape_once(monkeypatch, tmp_path)
     for stage in ("q", "k", "attn"):
         assert torch.equal(on_device.taps[stage].nan_to_num(0), eager.taps[stage].nan_to_num(0)), stage
     assert on_device.info["handover"] == "checked by position"
+    assert {"q_rope", "scores", "probs"} <= set(on_device.taps)  # derived from them (harness/neuron/derived.py)
     assert [b[0] for b in built] == ["ContextModule", "GenerationModule"]  # three generation steps, one shape
     assert on_device.info["mode"] == "device" and on_device.info["builds"] == 2
     assert len(list((tmp_path / "cache" / "weights").glob("*.safetensors"))) == 1

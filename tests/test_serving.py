@@ -5,6 +5,7 @@ real module's q, k and attn seen through forward hooks (hooks.py); deployed Neur
 The SDK's parts are faked (tests/fake_serving.py, tests/fake_sdk.py): no SDK here."""
 
 import pytest
+import torch
 
 from harness.case import Case
 from harness.neuron import candidate as neuron_candidate
@@ -128,9 +129,38 @@ def test_a_correct_real_module_passes_with_its_q_k_attn_observed(monkeypatch):
     candidate = _sdk_candidate(monkeypatch, correct)
     expected = compute_expected(FULL)[0]
     result = run_candidate(candidate, expected.spec, expected.batch)
-    assert {"q", "k", "attn", "k_rope", "v"} <= set(result.taps), sorted(result.taps)
+    assert {"q", "k", "attn", "k_rope", "v", "q_rope", "scores", "probs"} <= set(result.taps), sorted(result.taps)
     (v,) = run_case(FULL, [candidate], probes=False)
     assert v.verdict == "pass", v.message
+    assert {"q", "k", "q_rope", "scores", "probs", "attn"} <= {s.stage for s in v.stages}
+    assert "derived" in v.info["observed"]
+
+
+class _WindowIgnored(_Opaque):
+    """A real module whose own attention ignores the mask it is given (no sliding window)."""
+
+    def __init__(self, *args, **kwargs):
+        NxdiConventionAttention.__init__(self, *args, **kwargs)
+
+    def _context(self, q, k, v, mask, scale):
+        causal = torch.ones_like(mask).tril()
+        return super()._context(q, k, v, causal, scale)
+
+
+def test_a_real_modules_own_masking_bug_is_placed_after_the_derived_stages(monkeypatch):
+    """q, k, q_rope, scores and probs (derived from its q, k, RoPE tables and the mask it was given) pass;
+    its attention output fails: the bug is in its own masking or softmax, not on the q or k side."""
+    fake_serving.install(monkeypatch)
+
+    def window_ignored(kind, path, spec, batch, on_cpu, tp_degree=1, flags=None):
+        return _WindowIgnored(spec.config, spec.layer_idx, spec.dtype)
+
+    # a real SDK candidate cannot be entered at a stage: judged end to end, as here
+    (v,) = run_case(Case(layer=0, lengths=(200,)), [_sdk_candidate(monkeypatch, window_ignored)], probes=False,
+                    isolation=False)
+    assert (v.verdict, v.first_divergent_stage) == ("fail", "attn"), v.message
+    passed = {s.stage for s in v.stages if s.passed}
+    assert {"q", "k", "q_rope", "scores", "probs"} <= passed, v.message
 
 
 # -- deployed flags (--neuron-config) ------------------------------------------------------------------

@@ -185,7 +185,7 @@ def test_on_a_device_one_graph_per_shape_serves_every_rank(monkeypatch, tmp_path
         assert (v.info["mode"], v.info["tp_degree"], v.info["gqa"]) == ("device", tp, p.strategy)
         # the graph returns what hooks saw at trace time: q, k judged (attn too where o_proj is called as a
         # module: the emulation's ranks multiply by its weight directly), the hand-over checked by position
-        assert {"q", "k"} <= {s.stage for s in v.stages}, [s.stage for s in v.stages]
+        assert {"q", "k", "q_rope", "scores", "probs"} <= {s.stage for s in v.stages}, [s.stage for s in v.stages]
         assert case.plan == "from_cache" or v.info["handover"] == "checked by position", v.info
     assert candidate._group is None  # nothing spawned
     assert {(b[2], b[3]["tp_degree"]) for b in built.builds} == {(tp, tp)}

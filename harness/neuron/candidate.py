@@ -132,7 +132,9 @@ def describe(info: dict, serving, layer, config: dict) -> None:
     if serving is not None:
         info["caller"] = serving.names
     if not getattr(layer, "own_internals", True):
-        info["observed"] = "q, k (before RoPE), attn (o_proj's input) by forward hooks; k_rope, v from the cache hand-over"
+        info["observed"] = ("q, k (before RoPE), attn (o_proj's input) by forward hooks; k_rope, v from the cache "
+                            "hand-over; q_rope, scores, probs derived from them, its RoPE tables and sinks, where it "
+                            "has them")
     if config != DEFAULT:
         info["neuron_config"] = dict(config)
 

@@ -31,6 +31,7 @@ import torch
 from harness.batch import BlockSpec
 from harness.neuron import nxdi
 from harness.neuron.config import deployment
+from harness.neuron.derived import DERIVED, derive
 from harness.neuron.hooks import OBSERVABLE, Observed
 from harness.neuron.layer import NeuronLayer, load_layer
 from harness.neuron.sharding import plan
@@ -119,7 +120,11 @@ class DeviceLayer:
                                                      flags=names), c.hidden_size)
         self.shown = shown(Observed(eager.attn, c.head_dim))  # as the traced module's (same class and build)
         self.seen: dict[str, torch.Tensor] = {}
+        self.call: tuple = ()
         state = load_layer(eager, spec, candidate.bugs).state_dict()
+        # the whole block's sinks (context encoding's; token generation's own copy where it has one)
+        context_sinks = state.get("attn.learned_sinks.sink")
+        self.sinks = {False: context_sinks, True: state.get("attn.tkg_learned_sinks.sink", context_sinks)}
         if self.tp > 1:
             # every rank's SPMDRank reads its rank from this buffer (upstream's tp64 tests give it so); a
             # module without one gets it dropped by NxD's sharding as a key it does not hold
@@ -156,12 +161,17 @@ class DeviceLayer:
         return self.models[key]
 
     def keep_internals(self, keep: bool) -> tuple[str, ...]:
-        """The stages the compiled graph returns beside the layer's (all of them, always: a graph's
-        outputs are fixed when it is traced); offered only where `keep`."""
-        return tuple(name for name in self.shown if name != "v") if keep else ()
+        """The stages the compiled graph returns beside the layer's (always: a graph's outputs are fixed
+        when it is traced) and those derived from them (harness/neuron/derived.py); offered where `keep`."""
+        if not keep:
+            return ()
+        observed = tuple(name for name in ("q", "k", "attn") if name in self.shown)
+        derivable = {"q", "k", "cos"} <= set(self.shown) and self.sinks[False] is not None
+        return observed + (DERIVED if derivable else ())
 
     def internals(self) -> dict:
-        return {k: v for k, v in self.seen.items() if k != "v"}
+        observed = {k: v for k, v in self.seen.items() if k in ("q", "k", "attn")}
+        return {**observed, **derive(self.seen, *self.call, sinks=self.sinks[len(self.call) > 1])}
 
     def projected_values(self) -> torch.Tensor | None:
         """The last call's v projection (the hand-over check identifies keys by it)."""
@@ -187,7 +197,7 @@ class DeviceLayer:
         output = same_on_every_rank([o[0] for o in outs], self.plan)
         kv = gather_replicas([{"k_rope": o[3], "v": o[4]} for o in outs], self.plan, {"k_rope": 1, "v": 1})
         # the hooks' v is the handed-over v's source: both gathered by kv head; q and attn by query head
-        self.seen = {}
+        self.seen = {k: v for k, v in extra[0].items() if k in ("cos", "sin")}  # the same tables on every rank
         for name in ("q", "attn"):
             if all(name in e for e in extra):
                 self.seen[name] = torch.cat([e[name] for e in extra], dim=1)
@@ -197,9 +207,11 @@ class DeviceLayer:
         return output, outs[0][1], outs[0][2], kv["k_rope"], kv["v"]
 
     def context(self, x, mask, position_ids):
+        self.call = (mask,)  # what the derived stages need of the call
         return self._call("context", [(x, mask, position_ids)] * self.tp)
 
     def generation(self, x, mask, position_ids, k_cache, v_cache, active):
+        self.call = (mask, k_cache, active)
         if self.tp == 1:
             return self._call("generation", [(x, mask, position_ids, k_cache, v_cache, active)])
         shards = [self.plan.kv_of(rank) for rank in range(self.tp)]

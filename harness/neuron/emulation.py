@@ -57,9 +57,22 @@ def rope_tables(config: ModelConfig, position_ids: torch.Tensor, dtype: torch.dt
     return (angles.cos() * concentration).to(dtype), (angles.sin() * concentration).to(dtype)
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """NxDI's apply_rotary_pos_emb: x * cos + rotate_half(x) * sin (tables already broadcast to x)."""
     first, second = torch.chunk(x, 2, dim=-1)
     return x * cos + torch.cat((-second, first), dim=-1) * sin
+
+
+class _Rotary(torch.nn.Module):
+    """forward(x, position_ids) -> (cos, sin) [B, S, d], as NxDI's rotary modules (a submodule, so that
+    hooks see the tables as they see a real module's)."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    def forward(self, x, position_ids):
+        return rope_tables(self.config, position_ids, x.dtype)
 
 
 class NxdiConventionAttention(torch.nn.Module):
@@ -77,6 +90,7 @@ class NxdiConventionAttention(torch.nn.Module):
         self.o_proj = _Output(config, dtype)
         self.learned_sinks = _Sink(config.num_attention_heads, dtype)
         self.tkg_learned_sinks = _Sink(config.num_attention_heads, dtype)
+        self.rotary_emb = _Rotary(config)
         # Set by the driver: when True, each call keeps its internals (q, k, v before and after RoPE,
         # scores and probabilities over the keys it read, attention output) in `recorded`, which the
         # driver maps to stage taps; a real NxDI module offers no such view.
@@ -109,10 +123,10 @@ class NxdiConventionAttention(torch.nn.Module):
         q = self._feed("q", self._heads(hidden_states, self.qkv_proj.q_proj, hq))
         k = self._feed("k", self._heads(hidden_states, self.qkv_proj.k_proj, hkv))
         v = self._feed("v", self._heads(hidden_states, self.qkv_proj.v_proj, hkv))
-        cos, sin = rope_tables(c, position_ids, q.dtype)
+        cos, sin = self.rotary_emb(q, position_ids)
         self.recorded = {"q": q, "k": k, "v": v} if self.keep_internals else {}
-        q = self._feed("q_rope", _rotate(q, cos[:, None], sin[:, None]))
-        k = self._feed("k_rope", _rotate(k, cos[:, None], sin[:, None]))
+        q = self._feed("q_rope", rotate(q, cos[:, None], sin[:, None]))
+        k = self._feed("k_rope", rotate(k, cos[:, None], sin[:, None]))
         scale = c.head_dim**0.5  # a divisor, as NxDI's softmax_scale
         if past_key_value is None:
             attn = self._context(q, k.repeat_interleave(group, 1), v.repeat_interleave(group, 1), attention_mask, scale)

@@ -62,6 +62,8 @@ class EagerLayer:
 
         self.module = module
         self.observed = Observed(module.attn, _head_dim(module.attn))
+        self.call: tuple = ()
+        self.call_generation = False
         self.own_internals = getattr(module.attn, "records_internals", False)  # the emulation
 
     def keep_internals(self, keep: bool) -> tuple[str, ...]:
@@ -70,16 +72,14 @@ class EagerLayer:
         if self.own_internals:
             self.module.attn.keep_internals = keep
             return ("q", "k", "q_rope", "attn", "scores", "probs") if keep else ()
-        shown = tuple(name for name in ("q", "k", "attn") if name in self.observed.names) if keep else ()
-        self.observed.want = {"v", *shown}
-        return shown
+        return self.observed.ask(keep, sinks(self.module.attn) is not None)
 
     def internals(self) -> dict:
         """The last call's internals: the emulation's own record, or what the hooks saw (q, k, attn; v is
-        tapped from the cache hand-over)."""
+        tapped from the cache hand-over) and what is derived from it (harness/neuron/derived.py)."""
         if self.own_internals:
             return getattr(self.module.attn, "recorded", {})
-        return {k: v for k, v in self.observed.values.items() if k in ("q", "k", "attn")}
+        return self.observed.stages(sinks(self.module.attn, self.call_generation), *self.call)
 
     def projected_values(self) -> torch.Tensor | None:
         """The last call's v projection [B, kv, S, d] (the hand-over check identifies keys by it)."""
@@ -92,13 +92,24 @@ class EagerLayer:
 
     def context(self, x, mask, position_ids):
         self.observed.start_call()
+        self.call, self.call_generation = (mask,), False  # what the derived stages need of the call
         with torch.no_grad():
             return self.module(x, mask, position_ids)
 
     def generation(self, x, mask, position_ids, k_cache, v_cache, active):
         self.observed.start_call()
+        self.call, self.call_generation = (mask, k_cache, active), True
         with torch.no_grad():
             return self.module(x, mask, position_ids, k_cache, v_cache, active)
+
+
+def sinks(attention: torch.nn.Module, generation: bool = False) -> torch.Tensor | None:
+    """The module's learned sinks (token generation's own copy where it has one, as NxDI's)."""
+    for name in (("tkg_learned_sinks", "learned_sinks") if generation else ("learned_sinks",)):
+        sink = getattr(getattr(attention, name, None), "sink", None)
+        if isinstance(sink, torch.Tensor):
+            return sink.detach()
+    return None
 
 
 def _head_dim(attention: torch.nn.Module) -> int:
