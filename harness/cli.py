@@ -8,8 +8,9 @@ import json
 import math
 import os
 import sys
-from pathlib import Path
 import time
+from dataclasses import asdict
+from pathlib import Path
 
 from harness import case as case_module
 from harness.batch import with_checkpoint
@@ -78,6 +79,10 @@ def _neuron_variants(args, names: list[str]) -> list[str]:
     """The candidates, each Neuron one once per --neuron-config configuration ($PARITY_NEURON_CONFIG)."""
     from harness.neuron import config
 
+    if args.neuron_mode:  # read where Neuron candidates are built (harness/neuron/environment.py, xla.py)
+        os.environ["PARITY_NEURON_MODE"] = args.neuron_mode
+    if args.xla_strict:
+        os.environ["PARITY_XLA_STRICT"] = "1"
     given, strict = config.given(args.neuron_config, environment=args.func is cmd_run)
     if not given:  # as named (a replayed `nxdi-emulation@tp8` stays at tp 8 unless --neuron-config says)
         return names
@@ -333,12 +338,15 @@ def cmd_selftest(args) -> int:
     from harness.neuron.bugs import SHARDING_MUTANTS
     from harness.selftest import ABLATIONS, run_selftest
 
+    from harness.neuron.tracing_mutants import TRACING_MUTANTS
+
     if args.list:
         print("mutants:  " + ", ".join(MUTANTS))
         print("multi-bug mutants: " + ", ".join(MULTI_BUG))
         print("driver mutants (nxdi-emulation): " + ", ".join(DRIVER_MUTANTS))
         print("sharding mutants (nxdi-emulation@tpN, one process per rank): " + ", ".join(SHARDING_MUTANTS))
         print(f"plan bugs (killed within {PLAN_BUG_EXAMPLES} examples on every seed): " + ", ".join(PLAN_BUGS))
+        print("tracing mutants (xla mode, where torch-xla is installed): " + ", ".join(TRACING_MUTANTS))
         print("benign:   " + ", ".join(BENIGN))
         print("ablations: " + ", ".join(ABLATIONS))
         return 0
@@ -353,8 +361,12 @@ def cmd_selftest(args) -> int:
             progress.phase(total)
         progress.show(i, what)
 
+    asked = args.mutant or [*ALL_MUTANTS, *TRACING_MUTANTS]
+    traced = [name for name in asked if name in TRACING_MUTANTS]
+    tracing, tracing_skipped = _tracing_selftest(traced, explicit=bool(args.mutant))
+    numeric = [name for name in asked if name not in TRACING_MUTANTS]
     try:
-        result = run_selftest(tuple(args.mutant or ALL_MUTANTS), tuple(args.benign or BENIGN), args.max_examples,
+        result = run_selftest(tuple(numeric), tuple(args.benign or BENIGN), args.max_examples,
                               args.benign_examples, tuple(args.without or ()), show, seeds=args.seeds)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
@@ -392,10 +404,35 @@ def cmd_selftest(args) -> int:
           f"examples to kill), {summary['named']} with every bug named at its own stage; "
           f"{summary['false_alarms']} false alarms in {summary['benign_examples']} benign examples "
           f"({time.monotonic() - started:.0f} s)")
+    if tracing:
+        widths = (32, 7, 50)
+        print("\n" + row(("tracing mutant (xla mode)", "killed", "by the check"), widths))
+        for t in tracing:
+            print(row((t.name, "yes" if t.killed else "NO", t.check.removeprefix("tracing: ")), widths))
+            print(f"    {t.detail[:200]}")
+    if tracing_skipped:
+        print(f"\ntracing mutants: not run ({tracing_skipped})")
     if args.json:
-        write_json(args.json, result.to_dict())
+        write_json(args.json, {**result.to_dict(), "tracing_mutants": [asdict(t) for t in tracing],
+                               "tracing_skipped": tracing_skipped})
         print(f"wrote {args.json}")
-    return 0 if result.ok else 1
+    return 0 if result.ok and all(t.killed for t in tracing) else 1
+
+
+def _tracing_selftest(names: list[str], explicit: bool) -> tuple[list, str | None]:
+    """The tracing mutants asked for, run in xla mode; or why not (torch-xla absent: an error when they
+    were named, a line in the report when they came with the default set)."""
+    from harness.neuron import tracing_mutants, xla
+
+    if not names:
+        return [], None
+    problem = xla.xla_import_error()
+    if problem:
+        if explicit:
+            raise UsageError(f"tracing mutants need the xla mode: torch-xla does not import here ({problem}); "
+                             f"{xla.XLA_INSTALL}")
+        return [], f"torch-xla does not import here; {xla.XLA_INSTALL}"
+    return [tracing_mutants.run(name) for name in names], None
 
 
 def cmd_bench(args) -> int:
@@ -456,6 +493,13 @@ def _neuron_option(p: argparse.ArgumentParser) -> None:
     from harness.neuron.config import HELP
 
     p.add_argument("--neuron-config", metavar="JSON_OR_FILE", help=HELP)
+    p.add_argument("--neuron-mode", choices=("device", "cpu", "xla"),
+                   help="run Neuron candidates in this mode (default $PARITY_NEURON_MODE, else by machine: device where "
+                        "there is one, else cpu); xla: traced by torch-xla on the CPU, with tracing checks (never "
+                        "chosen unless asked; README \"Traced graphs on any CPU\")")
+    p.add_argument("--xla-strict", action="store_true",
+                   help="xla mode: a first call that traces another graph than later calls fails instead of warning "
+                        "($PARITY_XLA_STRICT=1)")
 
 
 def _bound_options(p: argparse.ArgumentParser) -> None:

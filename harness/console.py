@@ -102,4 +102,9 @@ def run_notes(info: dict) -> str:
     parts += [f"{phase} {size}" for phase, size in (info.get("buckets") or {}).items() if phase != "batch"]
     if "builds" in info:
         parts.append(f"{info['builds']} builds {info.get('build_seconds', 0):.0f} s")
+    tracing = info.get("tracing")
+    if tracing:  # xla mode: compiles of this case, and a warning that does not fail it
+        parts.append(f"{sum(tracing['graphs'].values())} compiles")
+        warned = [c["name"].removeprefix("tracing: ") for c in tracing["checks"] if not c["passed"] and not c["binding"]]
+        parts += [f"WARNING {name}" for name in warned]
     return "  " + ", ".join(p for p in parts if p)

@@ -42,6 +42,8 @@ TAPPABLE = ", ".join(s for s in STAGES if s != "output")
 
 
 def accepts_feed(candidate) -> bool:
+    if getattr(candidate, "enters_stages", True) is False:  # e.g. a traced graph (xla mode)
+        return False
     try:
         return "feed" in inspect.signature(candidate.run).parameters
     except (TypeError, ValueError):

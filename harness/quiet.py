@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import sys
 
 
@@ -28,10 +29,33 @@ def stdout_handlers_to_stderr() -> None:
 @contextlib.contextmanager
 def third_party_output_to_stderr():
     """Run third-party code (a candidate's import, build and calls; an NxDI module build) with its print()
-    and every logging handler it makes on sys.stdout writing to stderr; handlers made earlier are moved."""
+    and every logging handler it makes on sys.stdout writing to stderr; handlers made earlier are moved.
+    Native code's writes to file descriptor 1 go to 2 as well (torch 2.9's gloo prints "[Gloo] Rank 0 is
+    connected to 0 peer ranks" there whenever NxD's one-process fallback group starts)."""
     stdout_handlers_to_stderr()
+    with _native_stdout_to_stderr():
+        try:
+            with contextlib.redirect_stdout(sys.stderr):
+                yield
+        finally:
+            stdout_handlers_to_stderr()  # one made on sys.__stdout__ meanwhile
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr():
     try:
-        with contextlib.redirect_stdout(sys.stderr):
-            yield
+        sys.__stdout__.flush()
+        saved = os.dup(1)
+    except (AttributeError, OSError, ValueError):  # no usable descriptor 1: nothing native can reach it either
+        yield
+        return
+    try:
+        os.dup2(2, 1)
+        yield
     finally:
-        stdout_handlers_to_stderr()  # one made on sys.__stdout__ meanwhile
+        try:
+            sys.__stdout__.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+        os.dup2(saved, 1)
+        os.close(saved)

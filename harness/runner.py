@@ -106,7 +106,19 @@ def _verdict(case_id, candidate, result, expected: Expected, bounds) -> Verdict:
         v = compare(case_id, candidate.name, expected.batch, expected.oracle, expected.reference,
                     result.output, result.taps, bounds, expected.spec.dtype)
     v.info = result.info
+    apply_checks(v, (result.info.get("tracing") or {}).get("checks", []))
     return v
+
+
+def apply_checks(v: Verdict, checks: list[dict]) -> None:
+    """Tolerance-free checks a candidate reports about its own run (xla mode's tracing checks,
+    harness/neuron/tracing.py), each a verdict of its own next to the numerical one: kept with the
+    probes; a failing binding one fails a passing check, naming the rule."""
+    for check in checks:
+        v.probes.append(dict(check))
+        if check["binding"] and not check["passed"] and v.verdict == "pass":
+            v.verdict, v.first_divergent_stage = "fail", check["name"]
+            v.message = f"case {v.case_id} / candidate {v.candidate}: {check['name']} failed: {check['detail']}"
 
 
 def run_case(

@@ -259,6 +259,26 @@ def test_candidate_attribute_misspelt(tmp_path):
     assert "package 'mypkg'" in r.stderr and "has no module 'atn'; did you mean mypkg.attn?" in r.stderr, r.stderr
 
 
+def test_native_writes_to_stdout_reach_stderr_not_the_table(tmp_path):
+    """A library writing to file descriptor 1 from native code (torch 2.9's gloo prints "[Gloo] Rank 0 is
+    connected ..." there when NxD starts its fallback group) must not reach the table."""
+    (tmp_path / "noisy.py").write_text(
+        "import os\n"
+        "from harness.candidates import load_candidate\n"
+        "class Noisy:\n"
+        "    name = 'noisy'\n"
+        "    def run(self, spec, batch, *, taps):\n"
+        "        os.write(1, b'NATIVE-NOISE\\n')\n"
+        "        return load_candidate('reference').run(spec, batch, taps=taps)\n")
+    (tmp_path / "case.json").write_text(json.dumps({"lengths": [5]}))
+    r = subprocess.run([sys.executable, "-m", "harness.cli", "run", "--candidate", "noisy:Noisy", "--case-file",
+                        str(tmp_path / "case.json"), "--no-probes"], cwd=ROOT, capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{ROOT}"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "NATIVE-NOISE" not in r.stdout and "NATIVE-NOISE" in r.stderr, (r.stdout, r.stderr[-500:])
+    assert "1 checks passed" in r.stdout
+
+
 def test_neuron_module_builds_log_to_stderr(monkeypatch, tmp_path, capsys):
     """NxD makes its stdout handler when it is imported, inside the first build, and logs while it builds:
     both the eager (CPU mode) and the compiled (device) build keep that off stdout, for any caller."""

@@ -24,7 +24,8 @@ from harness.neuron.bugs import Bugs
 from harness.neuron.config import DEFAULT, refused_in_cpu_mode
 from harness.neuron.driver import Buckets, Driver, PlanUnsupported
 from harness.neuron.emulation import NxdiConventionAttention
-from harness.neuron.environment import require
+from harness.neuron import xla
+from harness.neuron.environment import NeuronUnavailable, require
 from harness.neuron.layer import EagerLayer, NeuronLayer, load_layer
 
 KINDS = ("emulation", "neuron", "neuron-block", "class")
@@ -39,6 +40,7 @@ class NeuronCandidate:
     # from_cache: the driver writes the given cache into the caller's KV cache and runs token generation,
     # which NxDI's module takes as past_key_value (harness/neuron/driver.py)
     accepts_cache = True
+    attention_class = NxdiConventionAttention  # the emulation's module (the self-test's tracing mutants subclass it)
 
     def __init__(self, kind: str = "neuron", class_path: str | None = None, name: str | None = None,
                  buckets: Buckets | None = None, bugs: Bugs = Bugs(), config: dict | None = None,
@@ -54,6 +56,12 @@ class NeuronCandidate:
         self.serving = serving
         if kind == "emulation":
             self.mode = "emulation"
+            if xla.requested():  # the emulation traced by torch-xla (harness/neuron/xla.py)
+                problem = xla.xla_import_error()
+                if problem:
+                    raise NeuronUnavailable(f"candidate {self.name}: torch-xla does not import here ({problem}); "
+                                            f"{xla.XLA_INSTALL}")
+                self.mode = "xla"
             extra = sorted(set(self.config) - {"tp_degree"})
             if extra:
                 raise ValueError(f"candidate {self.name}: {', '.join(extra)} configure the SDK's modules and caller "
@@ -76,7 +84,7 @@ class NeuronCandidate:
         if self._built and self._built[0] is spec.weights and self._built[1] == key:
             return self._built[2]
         if self.kind == "emulation":
-            attention = NxdiConventionAttention(spec.config, spec.layer_idx, spec.dtype, self.bugs)
+            attention = self.attention_class(spec.config, spec.layer_idx, spec.dtype, self.bugs)
             layer = EagerLayer(load_layer(NeuronLayer(attention, spec.config.hidden_size), spec, self.bugs))
         elif self.mode == "device":
             from harness.neuron.device import DeviceLayer  # the SDK is imported only there and in nxdi
@@ -86,6 +94,9 @@ class NeuronCandidate:
             from harness.neuron import nxdi
 
             layer = nxdi.make_layer(self, spec)
+        if self.mode == "xla":
+            layer.observed.remove()  # the traced copy must not carry the eager layer's hooks
+            layer = xla.XlaLayer(layer.module)
         self._built = (spec.weights, key, layer)
         return layer
 
@@ -103,22 +114,39 @@ class NeuronCandidate:
 
         return UpstreamServing(spec, tp_degree, self.config.get("cache_manager"), self.config.get("mask_builder"))
 
+    @property
+    def enters_stages(self) -> bool:
+        """Whether stage isolation can enter it (a traced graph cannot be)."""
+        return self.mode != "xla"
+
     def _drive(self, spec: BlockSpec, batch: Batch, taps: bool, feed: dict | None = None) -> CandidateResult:
         layer = self._layer(spec, batch)
-        serving = self._serving(spec)
+        if self.mode == "xla":
+            layer.tracing = xla.Tracing()  # this call's graphs only
         try:
-            output, stage_taps, info = Driver(layer, spec, self.bucket_config, self.bugs, serving,
-                                              adopt_ring=adopts_ring(serving, self.kind)).run(batch, feed)
+            output, stage_taps, info = self._plan(layer, spec, batch, feed)
+            if self.mode == "xla":  # the same case again, twice: a warm rerun compiles nothing
+                for _ in range(2):
+                    layer.rerun = 0
+                    self._plan(layer, spec, batch, None)
+                    layer.tracing.reruns.append(layer.rerun)
+                    layer.rerun = None
+                info["tracing"] = xla.report(layer.tracing)
         except PlanUnsupported as exc:
             raise CandidateUnsupported(str(exc)) from exc
-        describe(info, serving, layer, self.config)
+        describe(info, self.last_serving, layer, self.config)
         info["mode"] = self.mode
         if self.mode == "device":
             info["observed"] = ("q, k (before RoPE), attn (o_proj's input) returned by the compiled graph (forward hooks "
                                 "at trace time); k_rope, v from the cache hand-over")
-        if self.mode == "device":
             info.update(builds=self.builds, build_seconds=round(self.build_seconds, 1))
         return CandidateResult(output, stage_taps if taps else {}, info)
+
+    def _plan(self, layer, spec: BlockSpec, batch: Batch, feed: dict | None):
+        """The batch's serving plan through the driver, with this candidate's caller-side code."""
+        self.last_serving = serving = self._serving(spec)
+        return Driver(layer, spec, self.bucket_config, self.bugs, serving,
+                      adopt_ring=adopts_ring(serving, self.kind)).run(batch, feed)
 
 
 def adopts_ring(serving, kind: str) -> bool:

@@ -38,6 +38,7 @@ def derive(seen: dict[str, torch.Tensor], mask: torch.Tensor, cache_k: torch.Ten
     visible = visible.bool()
     b, h, t, _ = scores.shape
     masked = torch.where(visible, scores, torch.finfo(torch.float32).min)
-    probs = torch.softmax(torch.cat((masked, sinks.float().reshape(1, h, 1, 1).expand(b, h, t, 1)), dim=-1), dim=-1)
+    sink = sinks.float().to(scores.device).reshape(1, h, 1, 1).expand(b, h, t, 1)
+    probs = torch.softmax(torch.cat((masked, sink), dim=-1), dim=-1)
     shown = torch.where(visible, scores, torch.finfo(q.dtype).min).to(q.dtype)  # as NxDI masks: the dtype's min
     return {"q_rope": q_rope, "scores": shown, "probs": probs.to(q.dtype)}

@@ -7,7 +7,10 @@
 - unavailable: the SDK does not import (no SDK, or the placeholders of the default package index);
   Neuron candidates are skipped with INSTALL_LINE.
 
-$PARITY_NEURON_MODE (device or cpu) forces a mode the machine can run; it is an error otherwise.
+- xla: chosen only explicitly ($PARITY_NEURON_MODE=xla, `--neuron-mode xla`): the module traced by public
+  torch-xla on the CPU (harness/neuron/xla.py); the emulation runs there too.
+
+$PARITY_NEURON_MODE (device, cpu or xla) forces a mode the machine can run; it is an error otherwise.
 Nothing here imports the SDK at module import time: the rest of the harness works without it.
 """
 
@@ -25,7 +28,7 @@ INSTALL_LINE = ("pip install --extra-index-url https://pip.repos.neuron.amazonaw
                 "'gpt-oss-parity[neuron]'  (in a Neuron DLAMI or container venv: "
                 "pip install -e '.[neuron]' from a checkout; README \"Running on a Neuron host\")")
 SDK_PACKAGES = ("neuronx-distributed-inference", "neuronx-distributed", "torch-neuronx", "neuronx-cc", "libneuronxla")
-MODES = ("device", "cpu", "unavailable")
+MODES = ("device", "cpu", "xla", "unavailable")
 
 
 class NeuronUnavailable(ValueError):
@@ -82,11 +85,19 @@ def detect() -> NeuronEnvironment:
     versions, devices = package_versions(), device_nodes()
     error = sdk_import_error()
     forced = os.environ.get("PARITY_NEURON_MODE", "").strip().lower()
-    if forced and forced not in ("device", "cpu"):
-        raise NeuronUnavailable(f"PARITY_NEURON_MODE={forced!r}: expected device or cpu (or unset, to choose by machine)")
+    if forced and forced not in ("device", "cpu", "xla"):
+        raise NeuronUnavailable(f"PARITY_NEURON_MODE={forced!r}: expected device, cpu or xla (or unset, to choose by "
+                                "machine)")
     if error:
         return NeuronEnvironment("unavailable", f"the Neuron SDK does not import here ({error}); install it with "
                                                 f"{INSTALL_LINE}", versions, devices, error)
+    if forced == "xla":
+        from harness.neuron.xla import XLA_INSTALL, xla_import_error
+
+        problem = xla_import_error()
+        if problem:
+            raise NeuronUnavailable(f"PARITY_NEURON_MODE=xla but torch-xla does not import here ({problem}); {XLA_INSTALL}")
+        return NeuronEnvironment("xla", "PARITY_NEURON_MODE=xla: the module traced by torch-xla on the CPU", versions, devices)
     if forced == "device" and not devices:
         raise NeuronUnavailable("PARITY_NEURON_MODE=device but this machine has no Neuron device (/dev/neuron*); "
                                 "run on a trn1/trn2 host, or use PARITY_NEURON_MODE=cpu")

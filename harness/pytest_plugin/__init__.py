@@ -68,6 +68,9 @@ def pytest_configure(config: pytest.Config) -> None:
         write_json(results, {"cases": [], "summary": {"checks": 0, "failed": 0, "complete": False}})
     check_options(config)
     share_cores(config)
+    mode = config.getoption("--neuron-mode")
+    if mode:  # read where Neuron candidates are built; xdist workers inherit the environment
+        os.environ["PARITY_NEURON_MODE"] = mode
     config.stash[SIGTERM_HANDLER] = sigterm_as_interrupt()  # a killed run still writes JUnit, JSON, report
     from harness import timelimit
     from harness.pytest_plugin.session import when_stuck

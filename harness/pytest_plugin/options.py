@@ -55,6 +55,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
              "Also adds the parity suite to the run (see --parity-suite).",
     )
     group.addoption("--neuron-config", metavar="JSON_OR_FILE", default=None, help=NEURON_CONFIG_HELP)
+    group.addoption("--neuron-mode", choices=("device", "cpu", "xla"), default=None,
+                    help="run Neuron candidates in this mode (default $PARITY_NEURON_MODE, else by machine); xla: "
+                         "traced by torch-xla on the CPU, with tracing checks")
     group.addoption("--parity-suite", action="store_true", default=False,
                     help="collect the shipped parity suite even when paths are given on the command line (without "
                          "paths it is collected when -m selects `parity`, --candidate is given, or the ini "
