@@ -134,3 +134,32 @@ def test_each_tracing_mutant_is_caught_by_the_check_named_for_it(name):
 
     result = tracing_mutants.run(name)
     assert result.killed, result.detail
+
+
+DEBUG_OUTPUT = """Compilation Analysis: ================================================================================
+Compilation Analysis: Compilation Cause
+Compilation Analysis:   most likely user code trying to access tensor value before torch_xla.sync
+Compilation Analysis: Graph Info:
+Compilation Analysis:   Graph Hash: 20c4ea62728eab26227aa9b376ae82c6
+Compilation Analysis: Python Frame Triggered Execution:
+Compilation Analysis:   forward (/home/me/mypkg/attn.py:37)
+Compilation Analysis:   _call_impl (/venv/lib/python3.11/site-packages/torch/nn/modules/module.py:1786)
+Compilation Analysis: --------------------------------------------------------------------------------
+Compilation Analysis: Compilation Cause
+Compilation Analysis:   user torch_xla.sync
+Compilation Analysis: Python Frame Triggered Execution:
+Compilation Analysis:   sync (/venv/lib/python3.11/site-packages/torch_xla/torch_xla.py:87)
+Compilation Analysis:   _traced (/work/harness/neuron/xla.py:120)
+Compilation Analysis:   context (/work/harness/neuron/xla.py:150)
+"""
+
+
+def test_the_line_that_cut_a_graph_is_taken_from_torch_xlas_debug_output():
+    pytest.importorskip("torch")
+    from harness.neuron.xla import triggers
+
+    assert triggers(DEBUG_OUTPUT) == ["forward (/home/me/mypkg/attn.py:37)"]  # the harness's own sync is no cut
+    t = Tracing()
+    t.note(CONTEXT, 2, 2, "context encoding", triggers(DEBUG_OUTPUT))
+    detail = {c["name"]: c for c in t.checks()}["tracing: one execution per call"]["detail"]
+    assert "the graph was cut at forward (/home/me/mypkg/attn.py:37)" in detail

@@ -26,6 +26,7 @@ class Call:
     compiles: int
     executions: int
     step: str  # what the driver was doing ("context", "generation at position 130")
+    triggers: list[str] = field(default_factory=list)  # Python lines that ran a graph mid-call (torch-xla's debug output)
 
 
 @dataclass
@@ -34,8 +35,8 @@ class Tracing:
     reruns: list[int] = field(default_factory=list)  # compiles of each warm rerun of the whole case
     eager_max_ulps: float | None = None  # traced output against the same module run eagerly (units in the last place)
 
-    def note(self, key: tuple, compiles: int, executions: int, step: str) -> None:
-        self.calls.append(Call(key, compiles, executions, step))
+    def note(self, key: tuple, compiles: int, executions: int, step: str, triggers: list[str] | None = None) -> None:
+        self.calls.append(Call(key, compiles, executions, step, list(triggers or [])))
 
     def graphs(self) -> dict[str, int]:
         """Compiles per graph, for the report ("context 1x256x96: 1")."""
@@ -63,6 +64,7 @@ class Tracing:
         if first_rerun and not lazy and not any(later_reruns):
             lazy.append("the case's first graphs, compiled again when it ran a second time")
         split = [f"{c.step}: {c.executions} executions" for c in self.calls if c.executions > 1]
+        where = list(dict.fromkeys(t for c in self.calls if c.executions > 1 for t in c.triggers))
         first = _check("first call traces the graph later calls use", not lazy,
                        "no graph compiled again on its second call" if not lazy else
                        "compiled again on its second call and never after (its first call changed the module, e.g. "
@@ -80,7 +82,8 @@ class Tracing:
             _check("one execution per call", not split,
                    f"{len(self.calls)} call(s), one graph each" if not split else
                    "a call ran several graphs (a graph break: Python control flow on a tensor's value, .item(), "
-                   "a print of a tensor): " + "; ".join(split[:5])),
+                   "a print of a tensor): " + "; ".join(split[:5])
+                   + (f"; the graph was cut at {', '.join(where[:3])}" if where else "")),
             first,
         ]
         if self.reruns:

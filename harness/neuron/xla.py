@@ -15,8 +15,12 @@ What it proves and what it does not: README "Traced graphs on any CPU (xla mode)
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import io
 import os
+import sys
+import tempfile
 
 import torch
 
@@ -29,8 +33,11 @@ XLA_INSTALL = ("the xla mode needs torch-xla 2.9 with torch 2.9 in a virtual env
 
 
 def xla_import_error() -> str | None:
-    """None when torch-xla imports and runs on the CPU here, else why not."""
+    """None when torch-xla imports and runs on the CPU here, else why not. torch-xla's debug output
+    (PT_XLA_DEBUG_LEVEL=1, read when it is imported) names the Python line that made each graph run;
+    XlaLayer keeps it from the console and takes that line from it."""
     os.environ.setdefault("PJRT_DEVICE", "CPU")
+    os.environ.setdefault("PT_XLA_DEBUG_LEVEL", "1")
     try:
         import torch_xla  # noqa: F401
         import torch_xla.debug.metrics  # noqa: F401
@@ -65,11 +72,48 @@ def report(tracing: Tracing) -> dict:
             "checks": tracing.checks(strict_first_call()), "eager_max_ulps": tracing.eager_max_ulps}
 
 
+class _Said:
+    text = ""
+
+
+@contextlib.contextmanager
+def debug_output():
+    """What torch-xla prints (on file descriptor 2, from native code and Python) while the block runs,
+    kept from the console: its `.text` after the block."""
+    said = _Said()
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as sink:
+        os.dup2(sink.fileno(), 2)
+        python_side = io.TextIOWrapper(os.fdopen(os.dup(2), "wb"), write_through=True)  # what Python prints
+        try:
+            with contextlib.redirect_stderr(python_side):
+                yield said
+        finally:
+            python_side.close()
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            said.text = sink.read().decode(errors="replace")
+
+
+def triggers(text: str) -> list[str]:
+    """From torch-xla's debug output: for each graph run by anything but the harness's own sync, the
+    Python line that made it run ("forward (mypkg/attn.py:37)"): a graph break's place."""
+    found = []
+    for block in text.split("Python Frame Triggered Execution:")[1:]:
+        frames = [line.split("Analysis:", 1)[-1].strip() for line in block.splitlines()[1:]]
+        frames = [f for f in frames if f and "(" in f and "torch_xla" not in f]
+        if frames and not frames[0].startswith("_traced ("):
+            found.append(frames[0])
+    return found
+
+
 class XlaLayer(EagerLayer):
     """A NeuronLayer traced on the XLA device, one graph per call, counted; the eager copy beside it."""
 
     def __init__(self, module: NeuronLayer):
-        """`module`: a layer with no forward hooks (see `bare`)."""
+        """`module`: a layer with no forward hooks (their copies would travel with the traced copy)."""
         import torch_xla
         import torch_xla.debug.metrics as metrics
 
@@ -101,7 +145,7 @@ class XlaLayer(EagerLayer):
     def _traced(self, phase: str, inputs: tuple, eager_call) -> tuple:
         self.observed.start_call()
         compiles, executions = self._counts()
-        with torch.no_grad():
+        with torch.no_grad(), debug_output() as said:
             outputs = self.module(*(t.to(self.device) for t in inputs))
             self.torch_xla.sync()  # one graph per NxDI call (the hooks' tensors are live: outputs of the same graph)
             outputs = tuple(t.cpu() for t in outputs)
@@ -111,7 +155,8 @@ class XlaLayer(EagerLayer):
             self.rerun += now_compiles - compiles
         else:
             key = (phase, *(tuple(t.shape) for t in inputs))
-            self.tracing.note(key, now_compiles - compiles, now_executions - executions, self.step or phase)
+            self.tracing.note(key, now_compiles - compiles, now_executions - executions, self.step or phase,
+                              triggers(said.text))
             differ = ulps(outputs[0], eager_call(*inputs)[0])
             self.tracing.eager_max_ulps = max(self.tracing.eager_max_ulps or 0.0, differ)
         return outputs
