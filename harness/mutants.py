@@ -43,10 +43,18 @@ MUTANTS: dict[str, dict] = {
     "rope_table_wraps_at_4096": {"rope_table": 4096},
     "full_layers_keep_last_4096": {"full_cache": 4096},
     "positions_stored_as_int16": {"position_dtype": "int16"},
+    # Regimes the default sweep and the generators must reach (issue 24): token generation only, the
+    # window's edge, long positions past 8192 and keys past 65,536, decode across a tile boundary.
+    "sinks_ignored_in_decode": {"decode_sinks": "dropped"},
+    "window_one_short_in_decode": {"decode_window_delta": -1},
+    "rope_table_wraps_at_8192": {"rope_table": 8192},
+    "full_layers_keep_last_65536": {"full_cache": 65536},
+    "decode_rope_off_from_512": {"decode_break": 512},
 }
 
 # Mutants whose bug only long positions reach (drawn as from_cache rows, harness/strategies.py).
-LONG_CONTEXT_MUTANTS = ("rope_table_wraps_at_4096", "full_layers_keep_last_4096", "positions_stored_as_int16")
+LONG_CONTEXT_MUTANTS = ("rope_table_wraps_at_4096", "full_layers_keep_last_4096", "positions_stored_as_int16",
+                        "rope_table_wraps_at_8192", "full_layers_keep_last_65536")
 # Mutants whose bug only steps after the first reach (decode steps, a second chunk, a step from a cache):
 # each must be killed within PLAN_BUG_EXAMPLES generated examples on every seed the self-test tries.
 PLAN_BUG_EXAMPLES = 10
@@ -67,7 +75,8 @@ MULTI_BUG: dict[str, tuple[str, ...]] = {"+".join(bugs): bugs for bugs in (
 ALL_MUTANTS = (*MUTANTS, *MULTI_BUG, *DRIVER_MUTANTS, *SHARDING_MUTANTS)
 # Whole-mutant names (no "a+b" combinations) that are not knobs of the CPU emulation
 OWN_CANDIDATE = (*DRIVER_MUTANTS, *SHARDING_MUTANTS)
-PLAN_BUGS = ("decode_positions_ignored", *DRIVER_MUTANTS)
+PLAN_BUGS = ("decode_positions_ignored", "sinks_ignored_in_decode", "window_one_short_in_decode",
+             "decode_rope_off_from_512", *DRIVER_MUTANTS)
 
 BENIGN: dict[str, Callable[[], object]] = {
     "softmax_float32": lambda: EmulatedBlock(name="benign:softmax_float32", softmax="float32"),

@@ -52,8 +52,10 @@ EDGE_LENGTHS = (1, 2, W - 2, W - 1, W, W + 1, W + 2, 2 * W, 2 * W + 1, 2 * W + 2
 TILE_LENGTHS = (511, 512, 513, 1023, 1024, 1025)
 # The YaRN original context (4096) and the last tile edge below it: occasional long positions.
 LONG_LENGTHS = (2047, 2048, 4095, 4096, 4097)
-# Positions judged from a cache: around the original context, powers of two minus one, and the last one.
-LONG_POSITIONS = (4095, 4096, 4097, 8191, 32767, 65535, 131071)
+# Positions judged from a cache: around the original context, powers of two minus one, just past 8192
+# and 65,536, and the last one (three times: it is past every threshold, and on a full layer its keys
+# are past 65,536, so bugs that start there are reached on both layer kinds far more often).
+LONG_POSITIONS = (4095, 4096, 4097, 8191, 8193, 32767, 65535, 65537, 131071, 131071, 131071)
 # Where the steps after the first start: at the edges of the window (W) and of NxDI's ring of W - 1
 # slots, its first and second wrap.
 STEP_STARTS = (W - 2, W - 1, W, W + 1, 2 * W - 3, 2 * W - 2, 2 * W - 1, 2 * W, 3 * W - 4, 3 * W - 3)

@@ -37,6 +37,7 @@ CHOICES = {
     "projections": ("fused", "separate"),
     "out_accumulate": ("model", "float32"),
     "position_dtype": ("int64", "int16"),
+    "decode_sinks": ("normal", "dropped"),
 }
 
 
@@ -60,6 +61,10 @@ class Knobs:
     rope_table: int = 0  # RoPE tables precomputed for this many positions, indexed modulo it (0: every position)
     full_cache: int = 0  # full-attention layers keep only the last this many keys (0: all of them)
     position_dtype: str = "int64"  # "int16": position ids stored in 16 bits wrap past 32767
+    # bugs of token generation only (queries of plan steps after the first, or from a cache)
+    decode_sinks: str = "normal"  # "dropped": sinks ignored in token generation
+    decode_window_delta: int = 0  # the sliding window keeps W + this many keys in token generation
+    decode_break: int = 0  # token generation's queries at positions >= this get RoPE position - 1 (0: never)
     # numerics: every value is a correct implementation
     softmax: str = "model"  # in the model dtype; "float32"; "max_subtracted" (row max removed in model dtype, HF eager)
     projections: str = "fused"  # one qkv matmul, or q, k and v separately
@@ -85,6 +90,14 @@ def rope_positions(batch: Batch, mode: str) -> torch.Tensor:
             inside = (batch.positions[row] >= start) & (batch.positions[row] < stop) & batch.valid[row]
             relative[row, inside] -= start
     return relative
+
+
+def decode_queries(batch: Batch) -> torch.Tensor:
+    """[B, S]: the tokens served by token generation (plan steps after the first; every step of a batch
+    that starts from a cache)."""
+    starts = [step[0] if batch.cache is not None else step[1] for step in batch.steps[0]]
+    first = torch.tensor(starts + [0] * (batch.valid.shape[0] - len(starts)))
+    return (batch.positions >= first[:, None]) & batch.valid
 
 
 def rope_tables(spec: BlockSpec, positions: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -189,7 +202,11 @@ class EmulatedBlock:
         if k.rope_table:
             positions = positions % k.rope_table
         cos, sin = rope_tables(spec, positions, k.rope)
-        q_rope = stage("q_rope", rotate(q, cos, sin))
+        decoding = decode_queries(batch)
+        q_cos, q_sin = cos, sin
+        if k.decode_break:  # the port that degenerated once decode crossed a tile boundary
+            q_cos, q_sin = rope_tables(spec, positions - (decoding & (positions >= k.decode_break)).long(), k.rope)
+        q_rope = stage("q_rope", rotate(q, q_cos, q_sin))
         k_rope = stage("k_rope", rotate(key, cos, sin))
         keys, values = k_rope, v
         if batch.cache is not None:  # the cache's keys first, then the batch's own (the batch's key axis)
@@ -201,12 +218,17 @@ class EmulatedBlock:
         window = c.sliding_window + k.window_delta if sliding else (k.full_cache or 0)
         key_valid = batch.key_valid if k.mask_padding else torch.ones_like(batch.key_valid)
         keep = visible_keys(batch.positions, batch.key_positions, key_valid, window)
+        if k.decode_window_delta and sliding:
+            narrower = visible_keys(batch.positions, batch.key_positions, key_valid, window + k.decode_window_delta)
+            keep = torch.where(decoding[:, :, None], narrower, keep)
         if not k.causal:
             keep = key_valid[:, None, :].expand(b, s, -1)
         sinks = {
             "normal": w["sinks"], "zero": torch.zeros_like(w["sinks"]), "reversed": w["sinks"].flip(0),
             "per_kv": w["sinks"][:hkv][kv_of_head], "dropped": torch.full_like(w["sinks"], -float("inf")),
         }[k.sinks]
+        if k.decode_sinks == "dropped":  # per query: [B, S, Hq]
+            sinks = torch.where(decoding[:, :, None], -float("inf"), sinks[None, None, :].expand(b, s, hq))
         scale = d**-0.5 if k.scale == "divide" else math.sqrt(d)
         attn = self.attention(q_rope, keys, values, kv_of_head, keep, sinks, scale, stage)
         flat = attn.reshape(b, s, hq * d)
@@ -226,7 +248,8 @@ class EmulatedBlock:
         order, inverse, grouped = group_heads(kv_of_head, k.shape[2])
         scores = torch.einsum("bqgmd,bkgd->bgmqk", grouped(q), k).reshape(b, hq, s, -1)[:, inverse] * scale
         scores = stage("scores", scores.masked_fill(~keep[:, None], -float("inf")))
-        logits = torch.cat([scores, sinks[None, :, None, None].expand(b, hq, s, 1)], dim=-1)
+        per_query = sinks.permute(0, 2, 1)[..., None] if sinks.dim() == 3 else sinks[None, :, None, None].expand(b, hq, s, 1)
+        logits = torch.cat([scores, per_query.to(scores.dtype)], dim=-1)
         if knobs.softmax == "float32":
             probs = torch.softmax(logits.float(), dim=-1).to(q.dtype)
         elif knobs.softmax == "max_subtracted":
