@@ -18,25 +18,28 @@ from harness.stages import STAGES
 from tests.broken_candidates import OutputOnly
 
 # A short batch that reaches every bug class but the window ones (two rows, left padding, decode
-# steps), and one row past the window for those.
+# steps), one row past the window for those, and one decoded past it (a window wrong in decode only).
 SMALL = Case(layer=0, lengths=(12, 5), padding="left", plan="decode", decode_steps=2)
 LONG = Case(layer=0, lengths=(130,))
-# A full layer's row at positions 65534-65535, from a cache: the long-context bugs (past 4096 and 32767).
-FAR = Case(layer=1, lengths=(65536,), plan="from_cache", decode_steps=2)
+DECODED = Case(layer=0, lengths=(140,), plan="decode", decode_steps=3)
+# A full layer's row at positions 65536-65537, from a cache: the long-context bugs (past 4096, 8192 and
+# 32767, and keys past 65,536).
+FAR = Case(layer=1, lengths=(65538,), plan="from_cache", decode_steps=2)
+CASES = (SMALL, LONG, DECODED, FAR)
 PORT = "norm_skipped+no_causal_mask+sinks_dropped+residual_missing"
 
 
 @pytest.fixture(scope="module")
 def diagnosed():
-    """name -> (case, verdict): each mutant judged, with isolation, on the first of SMALL, LONG and FAR on
-    which it fails (every bug of it)."""
-    expected = {case: expected_for(case) for case in (SMALL, LONG, FAR)}
+    """name -> (case, verdict): each mutant judged, with isolation, on the first of CASES on which it
+    fails (every bug of it)."""
+    expected = {case: expected_for(case) for case in CASES}
     done = {}
 
     def get(name):
         if name not in done:
             bugs = bug_classes(name)
-            case = next(c for c in (SMALL, LONG, FAR) if all(
+            case = next(c for c in CASES if all(
                 not judge(c, variant("mutant", b), expected[c], probes=False, isolation=False).passed for b in bugs))
             done[name] = case, judge(case, variant("mutant", name), expected[case], probes=False)
         return done[name]
