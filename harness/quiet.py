@@ -43,19 +43,32 @@ def third_party_output_to_stderr():
 
 @contextlib.contextmanager
 def _native_stdout_to_stderr():
+    with descriptor_redirected(1, 2, sys.__stdout__):
+        yield
+
+
+@contextlib.contextmanager
+def descriptor_redirected(fd: int, to_fd: int, stream=None):
+    """While the block runs, writes to file descriptor `fd` (native code's too) go to `to_fd`; `stream`,
+    the Python stream on `fd`, is flushed on the way in and out. Where `fd` cannot be duplicated, nothing
+    native can reach it either: the block runs as it is."""
+    def flush():
+        try:
+            if stream is not None:
+                stream.flush()
+        except (AttributeError, OSError, ValueError):
+            pass
+
+    flush()
     try:
-        sys.__stdout__.flush()
-        saved = os.dup(1)
-    except (AttributeError, OSError, ValueError):  # no usable descriptor 1: nothing native can reach it either
+        saved = os.dup(fd)
+    except OSError:
         yield
         return
     try:
-        os.dup2(2, 1)
+        os.dup2(to_fd, fd)
         yield
     finally:
-        try:
-            sys.__stdout__.flush()
-        except (AttributeError, OSError, ValueError):
-            pass
-        os.dup2(saved, 1)
+        flush()
+        os.dup2(saved, fd)
         os.close(saved)

@@ -192,6 +192,7 @@ class DeviceLayer:
         if self.tp == 1:
             self.seen = extra[0]
             return tuple(outs[0][:5])
+        from harness.neuron.sharding import gather_heads
         from harness.neuron.tp import gather_replicas, same_on_every_rank
 
         output = same_on_every_rank([o[0] for o in outs], self.plan)
@@ -200,7 +201,7 @@ class DeviceLayer:
         self.seen = {k: v for k, v in extra[0].items() if k in ("cos", "sin")}  # the same tables on every rank
         for name in ("q", "attn"):
             if all(name in e for e in extra):
-                self.seen[name] = torch.cat([e[name] for e in extra], dim=1)
+                self.seen[name] = gather_heads([e[name] for e in extra], 1)
         for name in ("k", "v"):
             if all(name in e for e in extra):
                 self.seen[name] = gather_replicas([{name: e[name]} for e in extra], self.plan, {name: 1})[name]

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from harness.neuron.derived import DERIVED, derive
+
 OBSERVABLE = ("q", "k", "v", "attn", "cos", "sin")
 
 
@@ -85,8 +87,6 @@ class Observed:
     def ask(self, keep: bool, has_sinks: bool) -> tuple[str, ...]:
         """Keep the stages (and the tables to derive from) only where `keep`; the stages that will come:
         observed, then derived where the RoPE tables and the sinks are there (harness/neuron/derived.py)."""
-        from harness.neuron.derived import DERIVED
-
         if not keep:
             self.want = {"v"}
             return ()
@@ -97,8 +97,6 @@ class Observed:
 
     def stages(self, sinks, mask, cache_k=None, active=None) -> dict[str, torch.Tensor]:
         """The last call's observed stages and those derived from them."""
-        from harness.neuron.derived import derive
-
         shown = {k: v for k, v in self.values.items() if k in ("q", "k", "attn")}
         return {**shown, **derive(self.values, mask, cache_k, active, sinks=sinks)}
 

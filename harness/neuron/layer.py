@@ -79,7 +79,13 @@ class EagerLayer:
         tapped from the cache hand-over) and what is derived from it (harness/neuron/derived.py)."""
         if self.own_internals:
             return getattr(self.module.attn, "recorded", {})
-        return self.observed.stages(sinks(self.module.attn, self.call_generation), *self.call)
+        if not self.call:
+            return {}
+        return self.observed.stages(self._sinks(), *self.call)
+
+    def _sinks(self):
+        """The sinks the derived stages use: the module's own."""
+        return sinks(self.module.attn, self.call_generation)
 
     def projected_values(self) -> torch.Tensor | None:
         """The last call's v projection [B, kv, S, d] (the hand-over check identifies keys by it)."""

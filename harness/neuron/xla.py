@@ -26,6 +26,7 @@ import torch
 
 from harness.neuron.layer import EagerLayer, NeuronLayer, sinks
 from harness.neuron.tracing import Tracing
+from harness.quiet import descriptor_redirected
 
 XLA_INSTALL = ("the xla mode needs torch-xla 2.9 with torch 2.9 in a virtual environment of its own: "
                "PARITY_XLA=1 ./dev (README \"Traced graphs on any CPU (xla mode)\"); on a Neuron host it is in the "
@@ -81,20 +82,16 @@ def debug_output():
     """What torch-xla prints (on file descriptor 2, from native code and Python) while the block runs,
     kept from the console: its `.text` after the block."""
     said = _Said()
-    sys.stderr.flush()
-    saved = os.dup(2)
     with tempfile.TemporaryFile(mode="w+b") as sink:
-        os.dup2(sink.fileno(), 2)
-        python_side = io.TextIOWrapper(os.fdopen(os.dup(2), "wb"), write_through=True)  # what Python prints
-        try:
-            with contextlib.redirect_stderr(python_side):
-                yield said
-        finally:
-            python_side.close()
-            os.dup2(saved, 2)
-            os.close(saved)
-            sink.seek(0)
-            said.text = sink.read().decode(errors="replace")
+        with descriptor_redirected(2, sink.fileno(), sys.stderr):
+            python_side = io.TextIOWrapper(os.fdopen(os.dup(2), "wb"), write_through=True)  # what Python prints
+            try:
+                with contextlib.redirect_stderr(python_side):
+                    yield said
+            finally:
+                python_side.close()
+        sink.seek(0)
+        said.text = sink.read().decode(errors="replace")
 
 
 def triggers(text: str) -> list[str]:
@@ -131,11 +128,9 @@ class XlaLayer(EagerLayer):
 
     set_feed = None  # a traced graph cannot be entered at a stage
 
-    def internals(self) -> dict:
-        """As an eager layer's, the sinks read from the eager copy (on the host, no graph)."""
-        if not self.call:
-            return {}
-        return self.observed.stages(sinks(self.eager.module.attn, self.call_generation), *self.call)
+    def _sinks(self):
+        """Read from the eager copy: on the host, no graph."""
+        return sinks(self.eager.module.attn, self.call_generation)
 
     def _counts(self) -> tuple[int, int]:
         compiles = self.metrics.counter_value("UncachedCompile") or 0
