@@ -106,14 +106,28 @@ def _verdict(case_id, candidate, result, expected: Expected, bounds) -> Verdict:
         v = compare(case_id, candidate.name, expected.batch, expected.oracle, expected.reference,
                     result.output, result.taps, bounds, expected.spec.dtype)
     v.info = result.info
-    apply_checks(v, (result.info.get("tracing") or {}).get("checks", []))
+    tracing = result.info.get("tracing")
+    checks = tracing.get("checks", []) if isinstance(tracing, dict) else tracing
+    if checks is not None and not well_formed(checks):  # the candidate's own report: never trusted blindly
+        return Verdict(case_id, candidate.name, "error", info=result.info, message=(
+            f"case {case_id} / candidate {candidate.name}: its info['tracing']['checks'] is not a list of "
+            "{name: str, passed: bool, detail: str, binding: bool} (harness/neuron/tracing.py); found "
+            f"{str(checks)[:200]}"))
+    apply_checks(v, checks or [])
     return v
+
+
+def well_formed(checks) -> bool:
+    types = {"name": str, "passed": bool, "detail": str, "binding": bool}
+    return isinstance(checks, list) and all(
+        isinstance(c, dict) and all(isinstance(c.get(k), t) for k, t in types.items()) for c in checks)
 
 
 def apply_checks(v: Verdict, checks: list[dict]) -> None:
     """Tolerance-free checks a candidate reports about its own run (xla mode's tracing checks,
     harness/neuron/tracing.py), each a verdict of its own next to the numerical one: kept with the
-    probes; a failing binding one fails a passing check, naming the rule."""
+    probes; a failing binding one fails a passing check, naming the rule. Nothing here can turn a
+    failing verdict into a pass."""
     for check in checks:
         v.probes.append(dict(check))
         if check["binding"] and not check["passed"] and v.verdict == "pass":

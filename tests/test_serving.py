@@ -213,3 +213,11 @@ def test_flags_reach_the_sdks_neuron_config_on_a_device(monkeypatch, tmp_path):
     assert all(flags == {} for on_cpu, flags in seen if on_cpu)  # the checkpoint's module: no kernels on CPU
     assert v.info["neuron_config"] == {"tp_degree": 1, "attn_kernel_enabled": True}
     assert '"attn_kernel_enabled": true' in built.builds[0][3]["flags_json"]
+
+
+def test_a_repro_file_naming_your_own_cache_manager_is_code_not_trusted():
+    from harness.repro import shipped
+
+    assert shipped("neuron@tp8+attn_kernel_enabled")
+    assert not shipped("neuron@tp1+cache_manager=mypkg.cache:Manager")
+    assert not shipped("neuron@tp2+mask_builder=mypkg.masks:Model")

@@ -163,3 +163,36 @@ def test_the_line_that_cut_a_graph_is_taken_from_torch_xlas_debug_output():
     t.note(CONTEXT, 2, 2, "context encoding", triggers(DEBUG_OUTPUT))
     detail = {c["name"]: c for c in t.checks()}["tracing: one execution per call"]["detail"]
     assert "the graph was cut at forward (/home/me/mypkg/attn.py:37)" in detail
+
+
+@pytest.mark.parametrize("tracing", [{"checks": [{"name": "tracing: x", "passed": "yes"}]}, {"checks": "all good"},
+                                     [1, 2], {"checks": [{"name": 1, "passed": True, "detail": "", "binding": True}]}])
+def test_a_candidates_malformed_tracing_report_is_an_error_not_a_pass(tracing):
+    """The checks come from the candidate's own info: a malformed report is refused, never applied."""
+    import torch
+
+    from harness.candidates import CandidateResult, as_candidate
+    from harness.runner import run_case
+
+    class Reports:
+        name = "reports"
+
+        def run(self, spec, batch, *, taps):
+            from harness.candidates import load_candidate
+
+            out = load_candidate("reference").run(spec, batch, taps=taps)
+            return CandidateResult(torch.as_tensor(out.output), out.taps, {"tracing": tracing})
+
+    (v,) = run_case(Case(lengths=(5,)), [as_candidate(Reports())], probes=False)
+    assert v.verdict == "error" and "info['tracing']['checks'] is not a list" in v.message, v.message
+
+
+def test_xla_mode_at_tp_above_1_is_refused_not_run_eagerly(monkeypatch):
+    pytest.importorskip("torch")
+    from harness.neuron import xla
+    from harness.neuron.candidate import ShardedCandidate
+
+    monkeypatch.setenv("PARITY_NEURON_MODE", "xla")
+    monkeypatch.setattr(xla, "xla_import_error", lambda: None)  # as where torch-xla is installed
+    with pytest.raises(ValueError, match="tracing a sharded one is not implemented"):
+        ShardedCandidate(2)

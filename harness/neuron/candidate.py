@@ -202,6 +202,10 @@ class ShardedCandidate(NeuronCandidate):
         base = {"emulation": "nxdi-emulation", "class": f"neuron:{class_path}"}.get(kind, kind)
         super().__init__(kind, class_path=class_path, name=name or variant(base, config),
                          bugs=bugs, buckets=buckets, config=config)
+        if self.mode == "xla":  # its ranks would run eagerly while the result said `xla`
+            raise ValueError(f"candidate {self.name}: the xla mode traces one unsharded layer; tracing a sharded one "
+                             "is not implemented: use tp_degree 1 with --neuron-mode xla, or another mode at tp "
+                             f"{tp_degree}")
         self.tp_degree = tp_degree
         self._group = None
 
