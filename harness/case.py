@@ -23,7 +23,7 @@ TOKEN_PLANS = PLANS[:3]
 PADDING = ("right", "left")
 INPUTS = ("normal", "large", "outliers")
 DTYPES = ("bfloat16", "float32")
-STACK_MODES = ("teacher", "free")
+STACK_MODES = ("teacher", "free", "same_input")
 
 
 @dataclass(frozen=True)
@@ -42,7 +42,10 @@ class Case:
     compiled bucket size.
     depth > 1: a stack of `depth` blocks at layers layer .. layer+depth-1, each with its own weights,
     compared layer by layer; stack_mode "teacher" feeds every layer the oracle's input (isolating
-    per-layer error), "free" lets each producer's errors accumulate as in the real model.
+    per-layer error), "free" lets each producer's errors accumulate as in the real model, "same_input"
+    feeds every layer the case's own inputs (each layer a block of its own: the only stack a from_cache
+    plan can be, each layer with its own cache, since chaining layers would need every earlier layer's
+    output at every cached position).
     checkpoint: a safetensors checkpoint directory whose layers give the weights instead of the seeds,
     with checkpoint_sha256, the hash of the weights taken from it (checked when the case is rebuilt).
     """
@@ -167,9 +170,12 @@ def validate_case_fields(case: Case) -> list[str]:
     if case.plan in ("decode", "from_cache") and not (case.lengths and 1 <= case.decode_steps < min(case.lengths)):
         p.append(f"decode_steps={case.decode_steps} must be >= 1 and below the shortest row ({min(case.lengths, default=0)}) "
                  f"with plan {case.plan!r}")
-    if case.plan == "from_cache" and (case.chunk_offset or case.compare_last or case.depth > 1):
-        p.append("plan 'from_cache' judges exactly its generated tokens: chunk_offset and compare_last must be 0 and "
-                 "depth 1 (a stack would need every layer's cache)")
+    if case.plan == "from_cache" and (case.chunk_offset or case.compare_last):
+        p.append("plan 'from_cache' judges exactly its generated tokens: chunk_offset and compare_last must be 0")
+    if case.plan == "from_cache" and case.depth > 1 and case.stack_mode != "same_input":
+        p.append(f"a from_cache stack (depth {case.depth}) must have stack_mode 'same_input' (each layer its own cache "
+                 f"of the case's inputs), not {case.stack_mode!r}: chaining layers would need every earlier layer's "
+                 "output at every cached position")
     if case.plan == "chunked" and not (case.lengths and 1 <= case.chunk_offset < max(case.lengths)):
         p.append(f"chunk_offset={case.chunk_offset} must be >= 1 and below the longest row ({max(case.lengths, default=0)}) with plan 'chunked'")
     if case.plan == "prefill" and (case.decode_steps or case.chunk_offset):

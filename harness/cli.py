@@ -334,7 +334,7 @@ def cmd_doctor(args) -> int:
 
 
 def cmd_selftest(args) -> int:
-    from harness.mutants import ALL_MUTANTS, BENIGN, DRIVER_MUTANTS, MULTI_BUG, MUTANTS, PLAN_BUG_EXAMPLES, PLAN_BUGS
+    from harness.mutants import ALL_MUTANTS, BENIGN, DRIVER_MUTANTS, FAST_BUGS, KILL_WITHIN, MULTI_BUG, MUTANTS, REGIME_MUTANTS
     from harness.neuron.bugs import SHARDING_MUTANTS
     from harness.selftest import ABLATIONS, run_selftest
 
@@ -345,7 +345,8 @@ def cmd_selftest(args) -> int:
         print("multi-bug mutants: " + ", ".join(MULTI_BUG))
         print("driver mutants (nxdi-emulation): " + ", ".join(DRIVER_MUTANTS))
         print("sharding mutants (nxdi-emulation@tpN, one process per rank): " + ", ".join(SHARDING_MUTANTS))
-        print(f"plan bugs (killed within {PLAN_BUG_EXAMPLES} examples on every seed): " + ", ".join(PLAN_BUGS))
+        print(f"plan and long-context bugs (killed within {KILL_WITHIN} examples on every seed): " + ", ".join(FAST_BUGS))
+        print("regime mutants (must also fail the default sweep): " + ", ".join(REGIME_MUTANTS))
         print("tracing mutants (xla mode, where torch-xla is installed): " + ", ".join(TRACING_MUTANTS))
         print("benign:   " + ", ".join(BENIGN))
         print("ablations: " + ", ".join(ABLATIONS))
@@ -371,8 +372,8 @@ def cmd_selftest(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     progress.clear()
-    widths = (32, 7, 9, 14, 6, 30, 44)
-    print(row(("mutant", "killed", "examples", "by seed (max)", "named", "divergent stages", "shrunk case"), widths))
+    widths = (32, 7, 9, 14, 6, 30, 8, 44)
+    print(row(("mutant", "killed", "examples", "by seed (max)", "named", "divergent stages", "sweep", "shrunk case"), widths))
     for m in result.mutants:
         shrunk = "-"
         if m.shrunk_case:
@@ -384,9 +385,10 @@ def cmd_selftest(args) -> int:
         if len(name) > widths[0]:  # a multi-bug mutant's long name gets a line of its own
             print(name)
             name = ""
-        worst = "-" if m.worst_kill is None else f"{m.worst_kill}{' PLAN BUG, TOO SLOW' if not m.fast_enough else ''}"
+        worst = "-" if m.worst_kill is None else f"{m.worst_kill}{' TOO SLOW' if not m.fast_enough else ''}"
+        swept = ("killed" if m.sweep_case else "PASSED") if m.sweep_checked else "-"
         print(row((name, "yes" if m.killed else "NO", m.examples_to_kill or "-", worst, "yes" if m.named else "NO",
-                   ", ".join(m.divergent_stages) or "-", shrunk), widths))
+                   ", ".join(m.divergent_stages) or "-", swept, shrunk), widths))
         if m.killed and not m.named:
             print(f"    {m.message.splitlines()[0]}")
     if result.benign:
@@ -397,9 +399,13 @@ def cmd_selftest(args) -> int:
             for alarm in b.alarms[:3]:
                 print(f"    {alarm}")
     summary = result.to_dict()["summary"]
-    if summary["plan_bugs"]:
-        print(f"\nplan bugs (steps after the first): {summary['plan_bugs_fast']} of {summary['plan_bugs']} killed within "
-              f"{PLAN_BUG_EXAMPLES} examples on each of {summary['seeds']} seed(s); worst {summary['plan_bug_worst_kill']}")
+    if summary["fast_bugs"]:
+        print(f"\nplan and long-context bugs: {summary['fast_bugs_in_time']} of {summary['fast_bugs']} killed within "
+              f"{KILL_WITHIN} examples on each of {summary['seeds']} seed(s); worst {summary['fast_bug_worst_kill']}")
+    for m in result.mutants:
+        if m.sweep_checked:
+            print(f"default sweep vs {m.name}: " + (f"fails at {m.sweep_stage} in {m.sweep_case}" if m.sweep_case else
+                                                    "PASSED every case (a regime the sweep does not reach)"))
     print(f"\n{summary['killed']} of {summary['mutants']} mutants killed (median {summary['median_examples_to_kill']} "
           f"examples to kill), {summary['named']} with every bug named at its own stage; "
           f"{summary['false_alarms']} false alarms in {summary['benign_examples']} benign examples "

@@ -34,7 +34,7 @@ class Expected:
         """The tolerance-free probes of this layer's batch (harness/probes.py), built once for every candidate."""
         from harness.probes import build_probes
 
-        return build_probes(self.spec, self.batch)
+        return build_probes(self.spec, self.batch, self.reference)
 
 
 ExpectedFn = Callable[[Case, "str | None"], "list[Expected]"]
@@ -66,14 +66,15 @@ def next_input(output: torch.Tensor, batch: Batch, dtype: torch.dtype) -> torch.
 def compute_expected(case: Case, checkpoint: str | None = None) -> list[Expected]:
     """Every layer's expected tensors, computed. In a stack, teacher mode runs both producers on the
     oracle's previous output rounded to the model dtype (what every candidate is fed); free mode lets
-    the oracle (in float64) and the reference (in its dtype) each run on their own previous output."""
+    the oracle (in float64) and the reference (in its dtype) each run on their own previous output;
+    same_input runs every layer on the case's own inputs."""
     check_fits(case)  # before anything is allocated
     specs = layer_specs(case, checkpoint)
-    if case.plan == "from_cache":
-        return [_from_cache(case, specs[0])]
+    if case.plan == "from_cache":  # each layer (same_input) its own cache of the case's inputs
+        return [_from_cache(case, spec) for spec in specs]
     batch = make_batch(case, specs[0])
-    if case.depth == 1:
-        return [produce_expected(specs[0], batch)]
+    if case.depth == 1 or case.stack_mode == "same_input":
+        return [produce_expected(spec, batch) for spec in specs]
     dtype = specs[0].dtype
     layers = []
     oracle_in = ref_in = batch.hidden

@@ -27,7 +27,7 @@ import json
 import math
 import struct
 import tokenize
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -129,12 +129,15 @@ def to_tensors(layers: list[Expected], teacher: bool) -> tuple[dict[str, torch.T
     return tensors, sorted(omitted)
 
 
-def from_tensors(tensors: dict[str, torch.Tensor], specs, batch: Batch, teacher: bool) -> list[Expected]:
-    """Expected layers from a golden's tensors; `specs` and `batch` are rebuilt from the case."""
+def from_tensors(tensors: dict[str, torch.Tensor], specs, batch: Batch, teacher: bool, caches=None) -> list[Expected]:
+    """Expected layers from a golden's tensors; `specs` and `batch` are rebuilt from the case, and so are
+    `caches`, each layer's own cache (a from_cache stack: one cache per layer, of the same inputs)."""
     layers = []
     batch = batch.with_hidden(tensors["inputs.hidden"])
     for i, spec in enumerate(specs):
         layer_batch = batch.with_hidden(tensors[f"layer{i}.inputs.hidden"]) if i and teacher else batch
+        if caches:
+            layer_batch = replace(layer_batch, cache=caches[i])
         values: dict[str, dict[str, torch.Tensor]] = {"reference": {}, "oracle": {}}
         for name, t in tensors.items():
             layer, _, rest = name.partition(".")

@@ -286,7 +286,8 @@ class GoldenStore:
     def load(self, case: Case, case_file: str | None = None) -> list[Expected]:
         """The case's expected layers from this store, after every integrity and freshness check."""
         tensors, specs, batch = self.check(case, case_file)
-        return from_tensors(tensors, specs, batch, teacher=case.stack_mode == "teacher")
+        caches = [make_batch(case, spec).cache for spec in specs] if batch.cache is not None and len(specs) > 1 else None
+        return from_tensors(tensors, specs, batch, teacher=case.stack_mode == "teacher", caches=caches)
 
     def check(self, case: Case, case_file: str | None = None):
         """(tensors, specs, batch) of the case's golden, or the GoldenError that says what is wrong."""

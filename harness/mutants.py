@@ -55,9 +55,14 @@ MUTANTS: dict[str, dict] = {
 # Mutants whose bug only long positions reach (drawn as from_cache rows, harness/strategies.py).
 LONG_CONTEXT_MUTANTS = ("rope_table_wraps_at_4096", "full_layers_keep_last_4096", "positions_stored_as_int16",
                         "rope_table_wraps_at_8192", "full_layers_keep_last_65536")
-# Mutants whose bug only steps after the first reach (decode steps, a second chunk, a step from a cache):
-# each must be killed within PLAN_BUG_EXAMPLES generated examples on every seed the self-test tries.
-PLAN_BUG_EXAMPLES = 10
+# Mutants whose bug only steps after the first reach (decode steps, a second chunk, a step from a cache)
+# and the long-context ones (FAST_BUGS below): each must be killed within KILL_WITHIN generated examples
+# on every seed the self-test tries.
+KILL_WITHIN = 10
+# One mutant per regime the default sweep must reach (issue 24): the self-test runs the sweep against
+# each and requires it to fail there as well as in generated cases.
+REGIME_MUTANTS = ("sinks_ignored_in_decode", "window_one_short_in_decode", "rope_table_wraps_at_8192",
+                  "full_layers_keep_last_65536", "decode_rope_off_from_512")
 
 # Combinations the self-test runs. The last is the port this harness was built for: no causal mask, the
 # pre-attention norm never applied, sinks dropped and no residual, all at once.
@@ -77,6 +82,7 @@ ALL_MUTANTS = (*MUTANTS, *MULTI_BUG, *DRIVER_MUTANTS, *SHARDING_MUTANTS)
 OWN_CANDIDATE = (*DRIVER_MUTANTS, *SHARDING_MUTANTS)
 PLAN_BUGS = ("decode_positions_ignored", "sinks_ignored_in_decode", "window_one_short_in_decode",
              "decode_rope_off_from_512", *DRIVER_MUTANTS)
+FAST_BUGS = (*PLAN_BUGS, *LONG_CONTEXT_MUTANTS)
 
 BENIGN: dict[str, Callable[[], object]] = {
     "softmax_float32": lambda: EmulatedBlock(name="benign:softmax_float32", softmax="float32"),

@@ -13,6 +13,24 @@ A from_cache batch's prefix is in its cache, so there the probes perturb the cac
 unused slots), cache_outside_window (on sliding layers, the keys and values every judged query's
 window excludes: a window too wide reads them) and their NaN versions; causality replaces the
 generated tokens after the first and judges the first.
+
+Boundary probes (from_cache batches, where keys can be set) check the edges of what a query reads,
+at the output, so they bind output-only blocks and real modules too: one cached key is made dominant
+for each row's first generated token (its score above the sink and, by Cauchy-Schwarz, above every
+other key's by DOMINANCE logits, for the query head of each kv group that has the longest query) and
+given a one-hot value of ONE_HOT. A key the rule says is read then moves the output outright; a key it
+says is not read must move nothing. Each names its rule:
+- window_oldest_key (sliding layers): the key W - 1 positions back must be read (a window one key
+  short drops it);
+- window_outside_key (sliding layers): the key W positions back must not be read, by any generated
+  token (a window one key too wide reads it);
+- first_key (full layers): position 0 must be read by every generated token, however far back (a
+  cache truncated at 4096 or 65,536 keys forgets it).
+Keys of tokens handed over as hidden states cannot be made dominant (the norm bounds them), so
+first_after_padding (a left-padded row) replaces the hidden state of the first token after the
+padding and demands that the next token's output move: placed only where the reference gives that
+token at least AFTER_PADDING_SHARE of some head's probability, so that a correct block moves outright
+(a mask off by one at the padding's edge does not move at all).
 """
 
 from __future__ import annotations
@@ -24,15 +42,24 @@ import torch
 from harness.batch import Batch, BlockSpec
 from harness.seeds import generator
 
-BINDING = ("padding", "causality", "cache_padding", "cache_outside_window")
+BINDING = ("padding", "causality", "cache_padding", "cache_outside_window", "window_oldest_key", "window_outside_key",
+           "first_key", "first_after_padding")
 STRICT = ("nan_padding", "nan_outside_window", "nan_cache_padding", "nan_cache_outside_window")
+
+
+DOMINANCE = 30.0  # logits by which a probe's key beats every other key and the sink: e^-30 is far below bf16's ulp
+ONE_HOT = 64.0  # its value: moves the output by about ONE_HOT times an out-projection column
+AFTER_PADDING_SHARE = 0.25
 
 
 @dataclass
 class Probe:
     name: str
     batch: Batch  # the perturbed batch
-    judged: torch.Tensor  # [B, S] slots whose outputs must equal the baseline
+    judged: torch.Tensor  # [B, S] slots whose outputs must equal the baseline (must_change: must differ)
+    must_change: bool = False
+    rule: str = ""  # what a failure means, named
+    change: str = ""  # what the probe did to the key it names (must_change)
 
 
 def _noise(batch: Batch, tag: str) -> torch.Tensor:
@@ -62,8 +89,80 @@ def _cache_probes(spec: BlockSpec, batch: Batch) -> list[Probe]:
     return probes
 
 
-def build_probes(spec: BlockSpec, batch: Batch) -> list[Probe]:
-    probes = _cache_probes(spec, batch) if batch.cache is not None else []
+def _dominant_key(q: torch.Tensor, k_max: float, sinks: torch.Tensor, q_mult: int, d: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """k [Hkv, d] and a one-hot v [Hkv, d] for a key that dominates query q [Hq, d]: for each kv group, along
+    its longest query head, long enough to beat any key no longer than k_max and the head's sink."""
+    hkv = q.shape[0] // q_mult
+    k, v = torch.zeros(hkv, d, dtype=torch.float64), torch.zeros(hkv, d, dtype=torch.float64)
+    for g in range(hkv):
+        heads = q[g * q_mult : (g + 1) * q_mult].double()
+        h = int(heads.norm(dim=-1).argmax())
+        qh, norm = heads[h], float(heads[h].norm())
+        if norm == 0:
+            continue
+        # score = |q| |k| / sqrt(d): past every other key's bound |q| k_max / sqrt(d) and the sink by DOMINANCE
+        length = k_max + (DOMINANCE + abs(float(sinks[g * q_mult + h]))) * d**0.5 / norm
+        k[g] = qh / norm * length
+        v[g, g % d] = ONE_HOT
+    return k, v
+
+
+def _boundary_probes(spec: BlockSpec, batch: Batch, reference: dict) -> list[Probe]:
+    cache, c = batch.cache, spec.config
+    q_mult, d, w = c.num_attention_heads // c.num_key_value_heads, c.head_dim, spec.window
+    sinks = spec.weights["sinks"].double()
+    edges = ((("window_oldest_key", w - 1, True), ("window_outside_key", w, False)) if w else
+             (("first_key", None, True),))
+    probes = []
+    for name, back, read in edges:
+        k, v = cache.k_rope.clone(), cache.v.clone()
+        judged = torch.zeros_like(batch.compare)
+        for row, cached in enumerate(cache.lengths):
+            slots = batch.slots(row)
+            key = 0 if back is None else cached - back  # counted back from the row's first generated position
+            if not (0 <= key < cached and len(slots)):
+                continue
+            # every key the row's tokens can see: its cache and its own (the reference's) keys
+            seen = torch.cat((cache.k_rope[row, :cached], reference["k_rope"][row, slots]))
+            k_max = float(seen.double().norm(dim=-1).max())
+            dominant, one_hot = _dominant_key(reference["q_rope"][row, slots[0]], k_max, sinks, q_mult, d)
+            k[row, key], v[row, key] = dominant.to(k.dtype), one_hot.to(v.dtype)
+            # dominant for the first generated token's query only: later ones must merely never read it
+            judged[row, slots[:1] if read else slots] = True
+        if judged.any():
+            where = ("position 0" if back is None else f"the key {back} positions back")
+            rule = (f"{where} is not attended" if read else f"{where} is attended (outside the window of {w} keys)")
+            probes.append(Probe(name, replace(batch, cache=cache.with_values(k, v)), judged & batch.compare,
+                                must_change=read, rule=rule, change="with it dominant and a one-hot value"))
+    return probes
+
+
+def _after_padding_probe(batch: Batch, probs: torch.Tensor) -> list[Probe]:
+    judged = torch.zeros_like(batch.compare)
+    first = torch.zeros_like(batch.valid)
+    for row in range(len(batch.lengths)):
+        slots = batch.slots(row)
+        if len(slots) >= 2 and slots[0] > 0 and batch.compare[row, slots[1]] and \
+                float(probs[row, :, slots[1], slots[0]].max()) >= AFTER_PADDING_SHARE:
+            first[row, slots[0]], judged[row, slots[1]] = True, True
+    if not judged.any():
+        return []
+    hidden = torch.where(first[..., None], _noise(batch, "after padding"), batch.hidden)
+    return [Probe("first_after_padding", batch.with_hidden(hidden), judged, must_change=True,
+                  rule="the first token after the padding is not attended by the next one",
+                  change="with that token's hidden state replaced")]
+
+
+def build_probes(spec: BlockSpec, batch: Batch, reference: dict | None = None) -> list[Probe]:
+    """`reference`: the reference's stage tensors; its q_rope and k_rope place the boundary probes' keys
+    (from_cache batches; left out where they are missing)."""
+    probes = []
+    if batch.cache is not None and reference and {"q_rope", "k_rope"} <= set(reference):
+        probes += _boundary_probes(spec, batch, reference)  # first: a failure names its rule
+    if batch.cache is not None:
+        probes += _cache_probes(spec, batch)
+    elif batch.padding == "left" and reference and "probs" in reference:
+        probes += _after_padding_probe(batch, reference["probs"])
     pads = ~batch.valid
     if pads.any():
         probes.append(Probe("padding", batch.with_hidden(torch.where(pads[..., None], _noise(batch, "pad"), batch.hidden)), batch.compare))
@@ -87,16 +186,33 @@ def build_probes(spec: BlockSpec, batch: Batch) -> list[Probe]:
     return probes
 
 
+def _where(probe: Probe, rows: torch.Tensor) -> str:
+    """"row 0 at position 300, ...": the first few judged slots selected by `rows` (over the judged ones)."""
+    row_of, _ = probe.judged.nonzero(as_tuple=True)
+    positions = probe.batch.positions[probe.judged]
+    return ", ".join(f"row {int(r)} at position {int(p)}" for r, p in zip(row_of[rows][:3], positions[rows][:3]))
+
+
 def judge_probe(probe: Probe, baseline: torch.Tensor, output: torch.Tensor) -> dict:
-    """{name, passed, binding, detail}: judged outputs must be bit-identical to the baseline run's."""
+    """{name, passed, detail}: judged outputs must be bit-identical to the baseline run's (must_change:
+    every judged output must differ from it, and be finite)."""
     a, b = baseline[probe.judged], output[probe.judged]
-    nonfinite = int((~torch.isfinite(b)).any(dim=-1).sum())
-    moved = int((a != b).any(dim=-1).sum()) if not nonfinite else nonfinite
-    total = int(probe.judged.sum())
-    if moved == 0:
+    total = len(a)
+    nonfinite = ~torch.isfinite(b).all(dim=-1)
+    if probe.must_change:
+        unchanged = (a == b).all(dim=-1) | nonfinite
+        if not unchanged.any():
+            return {"name": probe.name, "passed": True, "detail": f"{total} judged rows moved, as the rule says"}
+        return {"name": probe.name, "passed": False,
+                "detail": f"{probe.rule}: {probe.change}, the output of {_where(probe, unchanged)} "
+                          f"did not move (or became NaN/Inf; {int(unchanged.sum())} of {total} judged rows)"}
+    moved = (a != b).any(dim=-1) | nonfinite
+    if not moved.any():
         detail = f"{total} judged rows unchanged"
-    elif nonfinite:
-        detail = f"{nonfinite} of {total} judged rows became NaN/Inf"
+    elif nonfinite.any():
+        detail = f"{int(nonfinite.sum())} of {total} judged rows became NaN/Inf"
     else:
-        detail = f"{moved} of {total} judged rows changed (max {float((a.double() - b.double()).abs().max()):.3g})"
-    return {"name": probe.name, "passed": moved == 0, "detail": detail}
+        detail = f"{int(moved.sum())} of {total} judged rows changed (max {float((a.double() - b.double()).abs().max()):.3g})"
+    if moved.any() and probe.rule:
+        detail = f"{probe.rule}: {detail}, first {_where(probe, moved)}"
+    return {"name": probe.name, "passed": not moved.any(), "detail": detail}

@@ -90,8 +90,10 @@ def run_probes(candidate, expected: Expected, baseline: torch.Tensor, v: Verdict
         v.probes.append(record)
         if record["binding"] and not record["passed"] and v.verdict == "pass":
             v.verdict, v.first_divergent_stage = "fail", f"probe {probe.name}"
+            why = ("a key the rule says is read moved nothing" if probe.must_change else
+                   "values that must not matter changed the output")
             v.message = (f"case {v.case_id} / candidate {v.candidate}: probe {probe.name} failed: {record['detail']} "
-                         "(tolerance-free: values that must not matter changed the output)")
+                         f"(tolerance-free: {why})")
 
 
 def _verdict(case_id, candidate, result, expected: Expected, bounds) -> Verdict:
@@ -150,38 +152,41 @@ def run_case(
     every stage that fails on its own (harness/isolation.py; up to one candidate run per stage)."""
     layers = expected(case, checkpoint)
     if case.depth > 1:
-        return run_stack(case, candidates, bounds, layers, isolation)
+        return run_stack(case, candidates, bounds, layers, isolation, probes, strict_probes)
     return [judge(case, c, layers[0], bounds, probes, strict_probes, isolation) for c in candidates]
 
 
 def run_stack(case: Case, candidates: list[Candidate], bounds: Bounds, layers: list[Expected],
-              isolation: bool = True) -> list[Verdict]:
-    """Judge a stack layer by layer. Teacher mode: every candidate gets each layer's shared input.
-    Free mode: each candidate gets its own previous output; a candidate that crashed or produced
-    nothing usable is not run on later layers."""
+              isolation: bool = True, probes: bool = True, strict_probes: bool = False) -> list[Verdict]:
+    """Judge a stack layer by layer. Teacher and same_input modes: every candidate gets each layer's
+    shared input, and each layer is judged as a block of its own (stages, isolation, probes). Free
+    mode: each candidate gets its own previous output; a candidate that crashed or produced nothing
+    usable is not run on later layers."""
     per_layer: dict[str, list[Verdict]] = {c.name: [] for c in candidates}
     cand_in = {c.name: layers[0].batch.hidden for c in candidates}
     alive = {c.name: True for c in candidates}
+    alone = case.stack_mode != "free"  # no layer's error reaches another
     for layer in layers:
         for c in candidates:
             if not alive[c.name]:
                 continue
-            e = layer if case.stack_mode == "teacher" else Expected(
+            e = layer if alone else Expected(
                 layer.spec, layer.batch.with_hidden(cand_in[c.name]), layer.oracle, layer.reference)
             result = run_candidate(c, e.spec, e.batch)
             layer_bounds = bounds.for_candidate(c)
-            v = _verdict(case.id, c, result, e, layer_bounds if case.stack_mode == "teacher" else layer_bounds.output_only())
-            if v.verdict == "fail" and case.stack_mode == "teacher" and not isinstance(result, CandidateFailure):
-                # a teacher-forced layer is a block of its own
-                diagnose(v, c, set(result.taps), e, layer_bounds, isolation)
+            v = _verdict(case.id, c, result, e, layer_bounds if alone else layer_bounds.output_only())
+            if alone and not isinstance(result, CandidateFailure):
+                if v.verdict == "fail":
+                    diagnose(v, c, set(result.taps), e, layer_bounds, isolation)
+                elif probes and v.passed:
+                    run_probes(c, e, result.output, v, strict_probes)
             per_layer[c.name].append(v)
             if isinstance(result, CandidateFailure) or v.verdict in ("shape", "dtype", "nonfinite"):
                 alive[c.name] = False  # nothing sensible to feed the next layer
             else:
                 cand_in[c.name] = next_input(result.output, e.batch, e.spec.dtype)
     specs = [layer.spec for layer in layers]
-    teacher = case.stack_mode == "teacher"
-    return [combine_layers(case.id, c.name, specs, per_layer[c.name], independent_layers=teacher) for c in candidates]
+    return [combine_layers(case.id, c.name, specs, per_layer[c.name], independent_layers=alone) for c in candidates]
 
 
 def combine_layers(case_id: str, candidate: str, specs: list[BlockSpec], verdicts: list[Verdict],
@@ -195,6 +200,7 @@ def combine_layers(case_id: str, candidate: str, specs: list[BlockSpec], verdict
         for s in v.stages:
             s.layer = spec.layer_idx
         combined.stages += v.stages
+        combined.probes += [{**record, "layer": spec.layer_idx} for record in v.probes]
         combined.layers.append({"layer": spec.layer_idx, "verdict": v.verdict, "worst_ratio": v.worst_ratio,
                                 "first_divergent_stage": v.first_divergent_stage,
                                 "divergent_stages": v.divergent_stages})
@@ -210,7 +216,7 @@ def combine_layers(case_id: str, candidate: str, specs: list[BlockSpec], verdict
             combined.maps = v.maps
     later = [d.label for d in combined.divergences if d.layer != combined.divergences[0].layer] if combined.divergences else []
     if later:
-        combined.message += f"\n  divergent in other layers too (each fed the oracle's input): {', '.join(later)}"
+        combined.message += f"\n  divergent in other layers too (each judged on its own input): {', '.join(later)}"
     ratios = [v.worst_ratio for v in verdicts if v.worst_ratio is not None]
     combined.worst_ratio = max(ratios) if ratios else None
     return combined

@@ -6,7 +6,9 @@ Cases are drawn once from the generators (derandomised, as under the `ci` profil
 mutant meets the same sequence, so "examples to kill" is comparable, and each case's oracle and
 reference are computed once. With `seeds` > 1 the generators are also drawn under hypothesis seeds
 1 .. seeds-1, and each mutant's examples to kill is counted on every draw (no shrinking there): a bug
-that only steps after the first reach (PLAN_BUGS) must die within PLAN_BUG_EXAMPLES on every seed. A killed mutant's failing case is shrunk greedily over the case's fields
+that only steps after the first or long positions reach (FAST_BUGS) must die within KILL_WITHIN on
+every seed. Each regime mutant (REGIME_MUTANTS) must also fail the default sweep (harness/sweep.py),
+the first failing sweep case reported. A killed mutant's failing case is shrunk greedily over the case's fields
 (fewer and shorter rows, plain prefill, right padding, simple regimes, seed 0) and the shrunk case is
 diagnosed. Hypothesis's own shrinking serves the pytest runs; here it would keep exploring after the
 first failure at 50 s a mutant. Benign variants run over the first `benign_examples` drawn cases.
@@ -37,8 +39,9 @@ from harness.mutants import (
     ALL_MUTANTS,
     BENIGN,
     OWN_CANDIDATE,
-    PLAN_BUG_EXAMPLES,
-    PLAN_BUGS,
+    FAST_BUGS,
+    KILL_WITHIN,
+    REGIME_MUTANTS,
     bug_classes,
     mutant_knobs,
     variant,
@@ -73,7 +76,11 @@ class MutantResult:
     named: bool = False
     # examples to kill on each seed the self-test drew (the first is `examples_to_kill`; None: survived)
     kills_by_seed: list = field(default_factory=list)
-    plan_bug: bool = False  # one of PLAN_BUGS: must die within PLAN_BUG_EXAMPLES on every seed
+    must_be_fast: bool = False  # one of FAST_BUGS: must die within KILL_WITHIN on every seed
+    # the default sweep (regime mutants only): the first sweep case it fails and where, or "" if it passed all
+    sweep_checked: bool = False
+    sweep_case: str = ""
+    sweep_stage: str = ""
 
     @property
     def worst_kill(self) -> int | None:
@@ -83,7 +90,11 @@ class MutantResult:
 
     @property
     def fast_enough(self) -> bool:
-        return not self.plan_bug or (self.worst_kill is not None and self.worst_kill <= PLAN_BUG_EXAMPLES)
+        return not self.must_be_fast or (self.worst_kill is not None and self.worst_kill <= KILL_WITHIN)
+
+    @property
+    def sweep_ok(self) -> bool:
+        return not self.sweep_checked or bool(self.sweep_case)
 
 
 @dataclass
@@ -104,12 +115,13 @@ class SelftestResult:
 
     @property
     def ok(self) -> bool:
-        return (all(m.killed and m.named and m.fast_enough for m in self.mutants)
+        return (all(m.killed and m.named and m.fast_enough and m.sweep_ok for m in self.mutants)
                 and not any(b.false_alarms for b in self.benign))
 
     def to_dict(self) -> dict:
         kills = [m.examples_to_kill for m in self.mutants if m.killed]
-        plan = [m for m in self.mutants if m.plan_bug]
+        fast = [m for m in self.mutants if m.must_be_fast]
+        swept = [m for m in self.mutants if m.sweep_checked]
         return {
             "mutants": [{**asdict(m), "worst_kill": m.worst_kill} for m in self.mutants],
             "benign": [asdict(b) for b in self.benign],
@@ -119,9 +131,11 @@ class SelftestResult:
                 "named": sum(m.named for m in self.mutants),
                 "median_examples_to_kill": statistics.median(kills) if kills else None,
                 "seeds": self.seeds,
-                "plan_bugs": len(plan),
-                "plan_bugs_fast": sum(m.fast_enough for m in plan),
-                "plan_bug_worst_kill": max((m.worst_kill for m in plan if m.worst_kill is not None), default=None),
+                "fast_bugs": len(fast),
+                "fast_bugs_in_time": sum(m.fast_enough for m in fast),
+                "fast_bug_worst_kill": max((m.worst_kill for m in fast if m.worst_kill is not None), default=None),
+                "regime_mutants": len(swept),
+                "regime_mutants_failing_the_sweep": sum(m.sweep_ok for m in swept),
                 "benign_examples": sum(b.examples for b in self.benign),
                 "false_alarms": sum(b.false_alarms for b in self.benign),
                 "ok": self.ok,
@@ -237,7 +251,7 @@ def _hunt(name: str, candidate, drawn: list[Case], cache: ExpectedCache, hunted:
 
     first = next((i for i, case in enumerate(drawn, 1) if fails(case)), None)
     if first is None:
-        return MutantResult(name, False, None, message=f"survived {len(drawn)} examples", plan_bug=name in PLAN_BUGS)
+        return MutantResult(name, False, None, message=f"survived {len(drawn)} examples", must_be_fast=name in FAST_BUGS)
     if len(bugs) == 1:
         start = drawn[first - 1]
     else:
@@ -263,7 +277,7 @@ def _hunt(name: str, candidate, drawn: list[Case], cache: ExpectedCache, hunted:
         message = (f"diagnosis incomplete: named together {', '.join(final.divergent_stages)}; {alone_said}\n"
                    + message)
     result = MutantResult(name, True, first, small.to_dict(), final.first_divergent_stage, message,
-                          final.divergent_stages, bug_stages, named, plan_bug=name in PLAN_BUGS)
+                          final.divergent_stages, bug_stages, named, must_be_fast=name in FAST_BUGS)
     if len(bugs) == 1:
         hunted[name] = result
     return result
@@ -304,6 +318,28 @@ def mutant(name: str):
         yield candidate
     finally:
         getattr(candidate, "close", lambda: None)()
+
+
+def sweep_kills(results: list[MutantResult], progress=None) -> None:
+    """Run the default sweep (harness/sweep.py, in its order) against each regime mutant among
+    `results` until its first failing case; record that case and stage. Each sweep case's expected
+    tensors are computed once, when a mutant first needs them."""
+    from harness.sweep import default_cases
+
+    checked = [m for m in results if m.name in REGIME_MUTANTS]
+    sweep, expected = default_cases(), {}
+    for i, m in enumerate(checked, 1):
+        if progress:
+            progress(i, len(checked), f"default sweep: mutant {m.name}")
+        m.sweep_checked = True
+        with mutant(m.name) as candidate:
+            for case in sweep:
+                if case not in expected:
+                    expected[case] = compute_expected(case)
+                v = run_case(case, [candidate], expected=lambda *_: expected[case], isolation=False)[0]
+                if not v.passed:
+                    m.sweep_case, m.sweep_stage = case.id, v.first_divergent_stage or v.verdict
+                    break
 
 
 def run_benign(names, drawn: list[Case], cache: ExpectedCache, progress=None) -> list[BenignResult]:
@@ -368,5 +404,6 @@ def run_selftest(
             if progress:
                 progress(i, len(found), f"seed {s}: mutant {m.name}")
             m.kills_by_seed.append(examples_to_kill(m.name, other, cache))
+    sweep_kills(found, progress)
     benign_results = run_benign(benign, drawn[:benign_examples], cache, progress) if benign else []
     return SelftestResult(found, benign_results, seeds)

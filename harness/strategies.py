@@ -12,9 +12,13 @@ examples, so after the general draw most draws are redirected (the redirection i
 shrinks to "as drawn"): to a stepped plan whose generated tokens start at an edge of the window or
 the ring (W - 2 .. W + 1, 2W - 3 .. 2W, 3W - 4, 3W - 3) with two or more generation steps, as a
 teacher-forced stack of a sliding and a full layer when it starts from a context encoding (each judged
-on its own, as two blocks), so that every such draw reaches the bugs of both layer kinds; or to a long
-position (LONG_POSITIONS, up to gpt-oss's last position 131,071) as a from_cache row, which costs O(n)
-for every producer.
+on its own, as two blocks), so that every such draw reaches the bugs of both layer kinds; to a long
+position past 65,536 (up to gpt-oss's last position 131,071, past every long-context threshold) as a
+from_cache row, which costs O(n) for every producer; or to token generation across a tile edge (512 ..
+65,536) from a cache. Cache draws are stacks of a sliding and a full layer too (same_input: each layer
+its own cache of the case's inputs). Mode weights: 5 stepped, 5 long, 1 tile, 1 as drawn, so that plan
+and long-context bugs are both reached within 10 examples on any seed (the first example is always a
+stepped one; measured over seeds 0-5 by `parity selftest --seeds 6`).
 
     from harness.strategies import cases
     @given(cases(buckets=(256,)))
@@ -28,7 +32,7 @@ from typing import Sequence
 
 from hypothesis import strategies as st
 
-from harness.case import Case
+from harness.case import MAX_POSITIONS, Case
 from harness.presets import preset
 
 __all__ = [
@@ -36,6 +40,8 @@ __all__ = [
     "LONG_LENGTHS",
     "LONG_POSITIONS",
     "long_cases",
+    "tile_cases",
+    "TILE_EDGES",
     "TILE_LENGTHS",
     "cases",
     "input_regimes",
@@ -52,15 +58,22 @@ EDGE_LENGTHS = (1, 2, W - 2, W - 1, W, W + 1, W + 2, 2 * W, 2 * W + 1, 2 * W + 2
 TILE_LENGTHS = (511, 512, 513, 1023, 1024, 1025)
 # The YaRN original context (4096) and the last tile edge below it: occasional long positions.
 LONG_LENGTHS = (2047, 2048, 4095, 4096, 4097)
-# Positions judged from a cache: around the original context, powers of two minus one, just past 8192
-# and 65,536, and the last one (three times: it is past every threshold, and on a full layer its keys
-# are past 65,536, so bugs that start there are reached on both layer kinds far more often).
-LONG_POSITIONS = (4095, 4096, 4097, 8191, 8193, 32767, 65535, 65537, 131071, 131071, 131071)
+# Positions judged from a cache by the suite's test_long_positions: around the original context, powers
+# of two minus one, just past 8192 and 65,536, and the last one.
+LONG_POSITIONS = (4095, 4096, 4097, 8191, 8193, 32767, 65535, 65537, 131071)
+# The generators' long draws end at or past this, so that even the first of up to three generated tokens
+# is past every long-context threshold (the YaRN original context 4096, a RoPE table of 8192, 16-bit
+# positions) and sees keys more than 65,536 positions back on a full layer.
+FAR_POSITION = 65539
+# Tile edges decode steps cross in the generators' tile draws (one NxDI port broke once decode crossed
+# 512 while prefill was fine), up to the long-context thresholds.
+TILE_EDGES = (512, 1024, 2048, 4096, 8192, 32768, 65536)
 # Where the steps after the first start: at the edges of the window (W) and of NxDI's ring of W - 1
 # slots, its first and second wrap.
 STEP_STARTS = (W - 2, W - 1, W, W + 1, 2 * W - 3, 2 * W - 2, 2 * W - 1, 2 * W, 3 * W - 4, 3 * W - 3)
-# decode and chunked hand the cache over from a context encoding: twice as likely as from_cache
-STEPPED = ("decode", "decode", "chunked", "from_cache")
+# Stepped draws hand the cache over from a context encoding, where ring bugs live (decode twice as
+# often as chunked); token generation from a cache has draws of its own (long, tile)
+STEPPED = ("decode", "decode", "chunked")
 
 
 def lengths(max_length: int = 2 * W + 8, long: bool = True) -> st.SearchStrategy[int]:
@@ -91,29 +104,60 @@ def input_regimes() -> st.SearchStrategy[str]:
 
 
 def _weighted(options: list, first: int = 0):
-    """One of `options` (repeat an option to weight it), uniformly: an index drawn as a wide integer taken
-    modulo their number (hypothesis favours small indices of a short range). The integer's simplest value,
-    which hypothesis also tries early and shrinks to, picks options[first]."""
+    """One of `options` (repeat an option to weight it): an index drawn as a wide integer taken modulo
+    their number (hypothesis favours small indices of a short range). Hypothesis still favours small
+    integers, so the options after `first` come up more often than their weight (measured: the
+    generators' stepped draws are about two thirds of all). The integer's simplest value, which
+    hypothesis also tries early and shrinks to, picks options[first]."""
     return st.integers(0, 2**16 - 1).map(lambda k: options[(k + first) % len(options)])
 
 
-@st.composite
-def long_cases(draw, preset_name: str = "small", positions: Sequence[int] = LONG_POSITIONS,
-               parities: Sequence[int] = (0, 1), sinks: Sequence[str] = ("small", "dominant", "zero")) -> Case:
-    """One from_cache row whose last generated token sits at a long position."""
-    last = draw(_weighted(list(positions)))
+def _both_kinds(draw, parities: Sequence[int], preset_name: str) -> dict:
+    """A layer, and with both parities allowed a same_input stack of a sliding and the next (full)
+    layer from it: every such draw reaches both layer kinds at the same positions."""
+    layer = draw(layers(parities))
+    if len(parities) == 2 and layer - layer % 2 + 1 < preset(preset_name).num_hidden_layers:
+        return {"layer": layer - layer % 2, "depth": 2, "stack_mode": "same_input"}
+    return {"layer": layer}
+
+
+def _from_cache(draw, preset_name: str, last: int, steps: int, parities: Sequence[int], sinks: Sequence[str]) -> Case:
     return Case(
         preset=preset_name,
-        layer=draw(layers(parities)),
         lengths=(last + 1,),
         plan="from_cache",
-        decode_steps=draw(st.integers(1, 3)),
+        decode_steps=steps,
         sinks=draw(sink_regimes(sinks)),
         scale=draw(st.sampled_from(["normal", "sharp"])),
         inputs=draw(input_regimes()),
         weight_seed=draw(st.integers(0, 2**16)),
         input_seed=draw(st.integers(0, 2**16)),
+        **_both_kinds(draw, parities, preset_name),
     )
+
+
+@st.composite
+def long_cases(draw, preset_name: str = "small", positions: Sequence[int] | None = None,
+               parities: Sequence[int] = (0, 1), sinks: Sequence[str] = ("small", "dominant", "zero")) -> Case:
+    """One from_cache row whose last generated token sits at a long position: one of `positions`, else
+    past FAR_POSITION (shrinking toward it), 131,071 as often as any other. With both parities it is a
+    stack of a sliding and a full layer, each with its own cache (stack_mode same_input)."""
+    if positions is None:
+        last = draw(st.one_of(st.just(MAX_POSITIONS - 1), st.integers(FAR_POSITION, MAX_POSITIONS - 1)))
+    else:
+        last = draw(_weighted(list(positions)))
+    return _from_cache(draw, preset_name, last, draw(st.integers(1, 3)), parities, sinks)
+
+
+@st.composite
+def tile_cases(draw, preset_name: str = "small", parities: Sequence[int] = (0, 1),
+               sinks: Sequence[str] = ("small", "dominant", "zero")) -> Case:
+    """Token generation from a cache across a tile edge (TILE_EDGES): two or more generated tokens, the
+    first at or before edge - 1, the last at or after the edge."""
+    edge = draw(_weighted(list(TILE_EDGES)))
+    steps = draw(st.integers(2, 4))
+    last = edge + draw(st.integers(0, steps - 2))
+    return _from_cache(draw, preset_name, last, steps, parities, sinks)
 
 
 @st.composite
@@ -169,17 +213,21 @@ def cases(
         plan = "prefill"
     layer = draw(layers(parities))
     sink_choices, scales = list(sinks), ["normal", "sharp"]
-    # Then, most of the time, the draw is redirected: a stepped plan across the window and ring edges, or
-    # a long position from a cache. Drawn last; it shrinks to a stepped plan (one row, two steps).
+    # Then, most of the time, the draw is redirected: a stepped plan across the window and ring edges, a
+    # long position from a cache, or a tile edge crossed from a cache. Drawn last; it shrinks to a
+    # stepped plan (one row, two steps).
     stepped = [p for p in STEPPED if p in plans]
-    modes = ["as drawn"] + (["stepped"] * 6 if stepped and not bucket else [])
+    modes = ["as drawn"] + (["stepped"] * 5 if stepped and not bucket else [])
     if long_cache and "from_cache" in plans and not bucket:
-        modes += ["long"] * 3
+        modes += ["long"] * 5 + ["tile"]
     # hypothesis tries each choice's simplest value early and often (more so with a larger budget): that
     # value picks a stepped plan where there is one, so plan bugs die within a few examples on every seed
     mode = draw(_weighted(modes, first=1 if len(modes) > 1 and modes[1] == "stepped" else 0))
+    cache_sinks = [n for n in ("small", "dominant", "zero") if n in sinks]
     if mode == "long":
-        return draw(long_cases(preset_name, parities=parities, sinks=[n for n in ("small", "dominant", "zero") if n in sinks]))
+        return draw(long_cases(preset_name, parities=parities, sinks=cache_sinks))
+    if mode == "tile":
+        return draw(tile_cases(preset_name, parities=parities, sinks=cache_sinks))
     if mode == "stepped":
         plan = draw(st.sampled_from(stepped))
         cap = max_length if max_length < 2 * W + 8 else 3 * W + 4

@@ -79,3 +79,19 @@ def test_json_writes_are_atomic(tmp_path):
     (tmp_path / "d.json").mkdir()
     with pytest.raises(ValueError, match="is a directory"):
         read_json(tmp_path / "d.json", "case file")
+
+
+def test_a_from_cache_stack_feeds_each_layer_the_same_inputs_and_its_own_cache():
+    from harness.expected import compute_expected
+
+    with pytest.raises(ValueError, match="from_cache stack .* must have stack_mode 'same_input'"):
+        Case(layer=0, lengths=(300,), plan="from_cache", decode_steps=2, depth=2)
+    case = Case(layer=0, lengths=(300,), plan="from_cache", decode_steps=2, depth=2, stack_mode="same_input")
+    assert "-stack2s-" in case.id
+    sliding, full = compute_expected(case)
+    assert (sliding.spec.layer_idx, full.spec.layer_idx) == (0, 1)
+    assert torch.equal(sliding.batch.hidden, full.batch.hidden)
+    # each layer's keys from its own weights; the full layer's exact from position 0 (the sliding one's filler)
+    (alone,) = compute_expected(Case(layer=1, lengths=(300,), plan="from_cache", decode_steps=2, weight_seed=7919))
+    assert torch.equal(full.batch.cache.k_rope, alone.batch.cache.k_rope)
+    assert not torch.equal(sliding.batch.cache.k_rope[0, 200:298], full.batch.cache.k_rope[0, 200:298])

@@ -10,19 +10,20 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
 import torch
 
 import harness.prefix
 import harness.produce
 from harness.batch import build, input_tokens
 from harness.candidates import load_candidate, supported_plans
-from harness.case import Case
+from harness.case import PLANS, Case
 from harness.expected import compute_expected
 from harness.goldens import GoldenStale, GoldenStore
 from harness.mutants import LONG_CONTEXT_MUTANTS
 from harness.presets import preset
 from harness.runner import run_case
-from harness.strategies import LONG_POSITIONS
+from harness.strategies import FAR_POSITION, TILE_EDGES, tile_cases
 from reference.oracle import oracle_forward
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -236,12 +237,31 @@ def test_long_positions_are_drawn():
     from harness.selftest import draw_cases
     from harness.strategies import cases
 
-    drawn = draw_cases(cases(plans=("prefill", "decode", "chunked", "from_cache")), 60)
-    cached_last = {c.lengths[0] - 1 for c in drawn if c.plan == "from_cache" and c.lengths[0] > 4000}
-    assert cached_last <= set(LONG_POSITIONS) and len(cached_last) >= 3
-    assert {c.layer % 2 for c in drawn if c.plan == "from_cache"} == {0, 1}
+    drawn = draw_cases(cases(long=False, plans=("prefill", "decode", "chunked", "from_cache")), 100)
+    far = [c for c in drawn if c.plan == "from_cache" and c.lengths[0] > FAR_POSITION]
+    assert len({c.lengths[0] for c in far}) >= 2 and any(c.lengths[0] == 131072 for c in far)
+    # the first generated token already sees keys more than 65,536 positions back
+    assert all(c.lengths[0] - c.decode_steps > 65536 for c in far)
+    # each a sliding and a full layer at the same positions, each with its own cache
+    assert all(c.depth == 2 and c.layer % 2 == 0 and c.stack_mode == "same_input" for c in far)
+    # token generation across tile edges, from a cache (the self-test's draws on seeds 0-2)
+    drawn += [c for s in (1, 2) for c in draw_cases(cases(long=False, plans=PLANS), 100, seed=s)]
+    crossing = {e for c in drawn if c.plan == "from_cache" for e in TILE_EDGES if _crosses(c, e)}
+    assert len(crossing) >= 3, crossing
     stepped = [c for c in drawn if c.plan != "prefill"]
     assert len(stepped) > len(drawn) / 2
+
+
+def _crosses(case, edge: int) -> bool:
+    """Whether the case's generated tokens include positions edge - 1 and edge."""
+    return case.lengths[0] - case.decode_steps <= edge - 1 and case.lengths[0] - 1 >= edge
+
+
+@given(tile_cases())
+@settings(max_examples=30, database=None)
+def test_every_tile_draw_generates_across_an_edge(case):
+    assert case.plan == "from_cache" and any(_crosses(case, e) for e in TILE_EDGES)
+    assert case.depth == 2 and case.stack_mode == "same_input"
 
 
 def test_selftest_reports_examples_to_kill_over_seeds(tmp_path, capsys):
@@ -252,7 +272,7 @@ def test_selftest_reports_examples_to_kill_over_seeds(tmp_path, capsys):
                  "--benign", "softmax_float32", "--benign-examples", "1", "--max-examples", "12", "--seeds", "3",
                  "--json", str(out)]) == 0
     text = capsys.readouterr().out
-    assert "plan bugs (steps after the first): 2 of 2 killed within 10 examples on each of 3 seed(s)" in text
+    assert "plan and long-context bugs: 2 of 2 killed within 10 examples on each of 3 seed(s)" in text
     data = json.loads(out.read_text())
     assert data["summary"]["seeds"] == 3
     assert all(len(m["kills_by_seed"]) == 3 and m["worst_kill"] <= 10 for m in data["mutants"])
