@@ -69,3 +69,24 @@ def test_the_correct_emulation_passes_every_small_case_of_the_sweep(sweep_expect
     for case in SMALL:
         (v,) = run_case(case, [emulation], expected=lambda c, checkpoint=None: sweep_expected[c])
         assert v.verdict == "pass", v.message
+
+
+def test_the_selftest_requires_each_regime_mutant_to_fail_the_sweep(monkeypatch, capsys):
+    """The self-test runs the default sweep against each regime mutant: where it fails is reported, and
+    a sweep that misses the regime fails the self-test even when generated cases kill the mutant."""
+    import harness.sweep
+    from harness.cli import main
+    from harness.selftest import run_selftest
+
+    result = run_selftest(("window_one_short_in_decode", "sinks_dropped"), benign=(), max_examples=5)
+    regime, other = result.mutants
+    assert regime.sweep_checked and regime.sweep_case.startswith("small-L0-decode") and regime.sweep_stage == "scores"
+    assert not other.sweep_checked and result.ok
+    # a sweep without token generation: the mutant still dies in generated cases, the self-test fails
+    prefill_only = [c for c in default_cases() if c.plan == "prefill"]
+    monkeypatch.setattr(harness.sweep, "default_cases", lambda *a, **k: prefill_only)
+    assert main(["selftest", "--mutant", "window_one_short_in_decode", "--benign", "softmax_float32",
+                 "--benign-examples", "1", "--max-examples", "5"]) == 1
+    out = capsys.readouterr().out
+    assert "default sweep vs window_one_short_in_decode: PASSED every case" in out
+    assert "1 of 1 mutants killed" in out
