@@ -26,6 +26,13 @@ says is not read must move nothing. Each names its rule:
   token (a window one key too wide reads it);
 - first_key (full layers): position 0 must be read by every generated token, however far back (a
   cache truncated at 4096 or 65,536 keys forgets it).
+sink_over_masked_keys: the sinks raised (the probe's own weights) SINK_MARGIN logits above a bound on
+every score (Cauchy-Schwarz over the reference's queries and every key), so that every key's
+probability underflows to exactly 0, as if the whole row were masked: the sink must then take it all,
+the attention output is exactly 0 and every judged output exactly x + out.bias, in any correct
+implementation (0 x w sums to 0, and out.bias + 0 is out.bias). A block that drops the sink, anywhere,
+attends as usual and misses that outright. It changes weights, so a candidate whose weights are
+compiled in (`fixed_weights`, a device graph) is not given it.
 Keys of tokens handed over as hidden states cannot be made dominant (the norm bounds them), so
 first_after_padding (a left-padded row) replaces the hidden state of the first token after the
 padding and demands that the next token's output move: placed only where the reference gives that
@@ -43,13 +50,14 @@ from harness.batch import Batch, BlockSpec
 from harness.seeds import generator
 
 BINDING = ("padding", "causality", "cache_padding", "cache_outside_window", "window_oldest_key", "window_outside_key",
-           "first_key", "first_after_padding")
+           "first_key", "first_after_padding", "sink_over_masked_keys")
 STRICT = ("nan_padding", "nan_outside_window", "nan_cache_padding", "nan_cache_outside_window")
 
 
 DOMINANCE = 30.0  # logits by which a probe's key beats every other key and the sink: e^-30 is far below bf16's ulp
 ONE_HOT = 64.0  # its value: moves the output by about ONE_HOT times an out-projection column
 AFTER_PADDING_SHARE = 0.25
+SINK_MARGIN = 110.0  # e^-110 underflows to exactly 0 in float32 and bfloat16
 
 
 @dataclass
@@ -60,6 +68,8 @@ class Probe:
     must_change: bool = False
     rule: str = ""  # what a failure means, named
     change: str = ""  # what the probe did to the key it names (must_change)
+    spec: BlockSpec | None = None  # the probe's own weights (None: the case's)
+    expected: torch.Tensor | None = None  # the output the judged slots must equal (None: the baseline run's)
 
 
 def _noise(batch: Batch, tag: str) -> torch.Tensor:
@@ -153,6 +163,23 @@ def _after_padding_probe(batch: Batch, probs: torch.Tensor) -> list[Probe]:
                   change="with that token's hidden state replaced")]
 
 
+def _sink_probe(spec: BlockSpec, batch: Batch, reference: dict) -> list[Probe]:
+    q = reference["q_rope"][batch.compare].double()
+    keys = [reference["k_rope"][batch.valid].double()]
+    if batch.cache is not None:
+        keys.append(batch.cache.k_rope[batch.cache.valid].double())
+    k = torch.cat([t.reshape(-1, t.shape[-1]) for t in keys])
+    if not len(q) or not bool(torch.isfinite(q).all() and torch.isfinite(k).all()):
+        return []  # a row-selective reference leaves unjudged rows out: no bound on their keys
+    bound = float(q.norm(dim=-1).max() * k.norm(dim=-1).max()) / spec.config.head_dim ** 0.5
+    weights = {**spec.weights, "sinks": torch.full_like(spec.weights["sinks"], bound + SINK_MARGIN)}
+    # the residual over an attention output of exactly 0: x + out.bias, rounded once to the model dtype
+    expected = (batch.hidden.double() + spec.weights["out.bias"].double()).to(spec.dtype)
+    return [Probe("sink_over_masked_keys", batch, batch.compare.clone(), spec=replace(spec, weights=weights),
+                  expected=expected, rule=f"the sink does not take the probability: with every sink {bound + SINK_MARGIN:.0f} "
+                  f"(every score at most {bound:.0f}), every key's probability is exactly 0, yet the output is not x + out.bias")]
+
+
 def build_probes(spec: BlockSpec, batch: Batch, reference: dict | None = None) -> list[Probe]:
     """`reference`: the reference's stage tensors; its q_rope and k_rope place the boundary probes' keys
     (from_cache batches; left out where they are missing)."""
@@ -163,6 +190,8 @@ def build_probes(spec: BlockSpec, batch: Batch, reference: dict | None = None) -
         probes += _cache_probes(spec, batch)
     elif batch.padding == "left" and reference and "probs" in reference:
         probes += _after_padding_probe(batch, reference["probs"])
+    if reference and {"q_rope", "k_rope"} <= set(reference):
+        probes += _sink_probe(spec, batch, reference)
     pads = ~batch.valid
     if pads.any():
         probes.append(Probe("padding", batch.with_hidden(torch.where(pads[..., None], _noise(batch, "pad"), batch.hidden)), batch.compare))
@@ -196,7 +225,7 @@ def _where(probe: Probe, rows: torch.Tensor) -> str:
 def judge_probe(probe: Probe, baseline: torch.Tensor, output: torch.Tensor) -> dict:
     """{name, passed, detail}: judged outputs must be bit-identical to the baseline run's (must_change:
     every judged output must differ from it, and be finite)."""
-    a, b = baseline[probe.judged], output[probe.judged]
+    a, b = (baseline if probe.expected is None else probe.expected)[probe.judged], output[probe.judged]
     total = len(a)
     nonfinite = ~torch.isfinite(b).all(dim=-1)
     if probe.must_change:
@@ -215,4 +244,6 @@ def judge_probe(probe: Probe, baseline: torch.Tensor, output: torch.Tensor) -> d
         detail = f"{int(moved.sum())} of {total} judged rows changed (max {float((a.double() - b.double()).abs().max()):.3g})"
     if moved.any() and probe.rule:
         detail = f"{probe.rule}: {detail}, first {_where(probe, moved)}"
+        if probe.expected is not None:
+            detail = detail.replace(" judged rows changed", " judged rows differ from it")
     return {"name": probe.name, "passed": not moved.any(), "detail": detail}

@@ -53,6 +53,7 @@ def test_correct_blocks_pass_every_boundary_probe(sinks, scale):
     for base in (SLIDING, Case(layer=1, lengths=(700, 300), plan="from_cache", decode_steps=2)):
         case = Case(**{**base.to_dict(), "sinks": sinks, "scale": scale})
         wanted = {"window_oldest_key", "window_outside_key"} if case.layer % 2 == 0 else {"first_key"}
+        wanted.add("sink_over_masked_keys")
         for v in run_case(case, [OutputOnly(c) for c in candidates], bounds=LOOSE):
             ran = {p["name"]: p for p in v.probes}
             assert wanted <= set(ran), (v.candidate, sorted(ran))
@@ -131,3 +132,36 @@ def test_the_padding_probe_is_placed_only_where_the_reference_reads_the_token():
         assert judged == (share >= AFTER_PADDING_SHARE), (sinks, share)
         seen.add(judged)
     assert seen == {True, False}  # both sides of the rule met
+
+
+@pytest.mark.parametrize("mutant, case", [("sinks_ignored_in_decode", SLIDING), ("sinks_dropped", LEFT),
+                                          ("sinks_ignored_in_decode", FULL)])
+def test_the_sink_must_take_a_row_whose_keys_it_outweighs(mutant, case):
+    (v,) = run_case(case, [OutputOnly(variant("mutant", mutant))], bounds=LOOSE)
+    assert v.verdict == "fail" and v.first_divergent_stage == "probe sink_over_masked_keys", v.message
+    assert "the sink does not take the probability: with every sink" in v.message and "x + out.bias" in v.message
+
+
+def test_with_the_sink_over_every_score_each_key_gets_exactly_nothing():
+    """The probe's premise, in the reference: every key's probability exactly 0, the output x + out.bias."""
+    for case in (SLIDING, LEFT):
+        (e,) = compute_expected(Case(**{**case.to_dict(), "scale": "sharp"}))
+        (probe,) = [p for p in e.probes if p.name == "sink_over_masked_keys"]
+        ref = run_reference(probe.spec, probe.batch, taps=True)
+        probs = ref["probs"].double()
+        judged = probe.judged
+        assert bool((probs[..., :-1].permute(0, 2, 1, 3)[judged] == 0).all())
+        assert bool((probs[..., -1].permute(0, 2, 1)[judged] == 1).all())
+        assert torch.equal(ref["output"][judged], probe.expected[judged])
+
+
+def test_a_candidate_with_weights_compiled_in_is_not_given_other_weights():
+    class Compiled(OutputOnly):
+        fixed_weights = True
+
+        def run(self, spec, batch, *, taps=False):
+            assert spec.weights["sinks"].max() < 100, "run with the probe's weights"
+            return super().run(spec, batch, taps=taps)
+
+    (v,) = run_case(SLIDING, [Compiled(load_candidate("reference"))])
+    assert v.verdict == "pass" and "sink_over_masked_keys" not in {p["name"] for p in v.probes}, v.message

@@ -44,7 +44,9 @@ class Candidate(Protocol):
       Its keys come before the batch's own on the key axis (Batch.key_positions / key_valid), and score
       taps span that axis. A candidate that does not declare it is never drawn such cases, and one that
       is handed one anyway is reported `unsupported`;
-    - buckets: the padded lengths it was compiled for (cases are drawn inside them)."""
+    - buckets: the padded lengths it was compiled for (cases are drawn inside them);
+    - fixed_weights = True: its weights are compiled in, so the probe that runs it with other weights
+      (sink_over_masked_keys, harness/probes.py) is not run on it."""
 
     name: str
 

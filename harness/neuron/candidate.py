@@ -115,6 +115,11 @@ class NeuronCandidate:
         return UpstreamServing(spec, tp_degree, self.config.get("cache_manager"), self.config.get("mask_builder"))
 
     @property
+    def fixed_weights(self) -> bool:
+        """A device graph is compiled with its weights: a probe with weights of its own is not run there."""
+        return self.mode == "device"
+
+    @property
     def enters_stages(self) -> bool:
         """Whether stage isolation can enter it (a traced graph cannot be)."""
         return self.mode != "xla"
