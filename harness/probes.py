@@ -177,7 +177,8 @@ def _sink_probe(spec: BlockSpec, batch: Batch, reference: dict) -> list[Probe]:
     expected = (batch.hidden.double() + spec.weights["out.bias"].double()).to(spec.dtype)
     return [Probe("sink_over_masked_keys", batch, batch.compare.clone(), spec=replace(spec, weights=weights),
                   expected=expected, rule=f"the sink does not take the probability: with every sink {bound + SINK_MARGIN:.0f} "
-                  f"(every score at most {bound:.0f}), every key's probability is exactly 0, yet the output is not x + out.bias")]
+                  f"(every score at most {bound:.0f}), every key's probability is exactly 0, yet the output is not x + out.bias "
+                  "(or something outside attention moves it)")]
 
 
 def build_probes(spec: BlockSpec, batch: Batch, reference: dict | None = None) -> list[Probe]:
@@ -190,8 +191,6 @@ def build_probes(spec: BlockSpec, batch: Batch, reference: dict | None = None) -
         probes += _cache_probes(spec, batch)
     elif batch.padding == "left" and reference and "probs" in reference:
         probes += _after_padding_probe(batch, reference["probs"])
-    if reference and {"q_rope", "k_rope"} <= set(reference):
-        probes += _sink_probe(spec, batch, reference)
     pads = ~batch.valid
     if pads.any():
         probes.append(Probe("padding", batch.with_hidden(torch.where(pads[..., None], _noise(batch, "pad"), batch.hidden)), batch.compare))
@@ -212,6 +211,9 @@ def build_probes(spec: BlockSpec, batch: Batch, reference: dict | None = None) -
         if outside.any():
             hidden = torch.where(outside[..., None], torch.full_like(batch.hidden, float("nan")), batch.hidden)
             probes.append(Probe("nan_outside_window", batch.with_hidden(hidden), batch.compare & batch.valid & ~outside))
+    if reference and {"q_rope", "k_rope"} <= set(reference):
+        # last: any leak outside attention fails it too, and the probes above name those by their rule
+        probes += _sink_probe(spec, batch, reference)
     return probes
 
 
