@@ -185,7 +185,8 @@ def build_probes(spec: BlockSpec, batch: Batch, reference: dict | None = None) -
     """`reference`: the reference's stage tensors; its q_rope and k_rope place the boundary probes' keys
     (from_cache batches; left out where they are missing)."""
     probes = []
-    if batch.cache is not None and reference and {"q_rope", "k_rope"} <= set(reference):
+    placed = bool(reference) and {"q_rope", "k_rope"} <= set(reference)  # the reference's queries and keys
+    if batch.cache is not None and placed:
         probes += _boundary_probes(spec, batch, reference)  # first: a failure names its rule
     if batch.cache is not None:
         probes += _cache_probes(spec, batch)
@@ -211,7 +212,7 @@ def build_probes(spec: BlockSpec, batch: Batch, reference: dict | None = None) -
         if outside.any():
             hidden = torch.where(outside[..., None], torch.full_like(batch.hidden, float("nan")), batch.hidden)
             probes.append(Probe("nan_outside_window", batch.with_hidden(hidden), batch.compare & batch.valid & ~outside))
-    if reference and {"q_rope", "k_rope"} <= set(reference):
+    if placed:
         # last: any leak outside attention fails it too, and the probes above name those by their rule
         probes += _sink_probe(spec, batch, reference)
     return probes

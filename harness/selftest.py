@@ -327,16 +327,15 @@ def sweep_kills(results: list[MutantResult], progress=None) -> None:
     from harness.sweep import default_cases
 
     checked = [m for m in results if m.name in REGIME_MUTANTS]
-    sweep, expected = default_cases(), {}
+    sweep = default_cases()
+    cache = ExpectedCache(size=len(sweep))  # the whole sweep: every mutant walks it from the start
     for i, m in enumerate(checked, 1):
         if progress:
             progress(i, len(checked), f"default sweep: mutant {m.name}")
         m.sweep_checked = True
         with mutant(m.name) as candidate:
             for case in sweep:
-                if case not in expected:
-                    expected[case] = compute_expected(case)
-                v = run_case(case, [candidate], expected=lambda *_: expected[case], isolation=False)[0]
+                v = judge_case(case, candidate, cache, isolation=False)
                 if not v.passed:
                     m.sweep_case, m.sweep_stage = case.id, v.first_divergent_stage or v.verdict
                     break
